@@ -1,0 +1,106 @@
+//! Runtime choice of the compute backend: wgpu on a hardware adapter when one exists, else the
+//! `flex` CPU backend. A user can force either; the choice is reported.
+
+use std::fmt;
+
+use burn::tensor::{Device, DeviceKind};
+use serde::{Deserialize, Serialize};
+
+use crate::error::{Error, Result};
+
+/// What the user asked for.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum BackendChoice {
+    /// A hardware GPU through wgpu when there is one, else the CPU.
+    #[default]
+    Auto,
+    /// wgpu on its default adapter, even a software one (lavapipe).
+    Gpu,
+    /// The `flex` CPU backend.
+    Cpu,
+}
+
+impl std::str::FromStr for BackendChoice {
+    type Err = Error;
+
+    fn from_str(text: &str) -> Result<Self> {
+        match text {
+            "auto" => Ok(Self::Auto),
+            "gpu" => Ok(Self::Gpu),
+            "cpu" => Ok(Self::Cpu),
+            other => Err(Error::Device(format!(
+                "unknown device `{other}`; use auto, gpu or cpu"
+            ))),
+        }
+    }
+}
+
+/// The backend in use.
+#[derive(Clone, Debug)]
+pub struct ComputeDevice {
+    /// The burn device to create tensors on.
+    pub device: Device,
+    /// "wgpu" or "cpu (flex)".
+    pub backend: &'static str,
+    /// The adapter's name, or a short description of the CPU backend.
+    pub adapter: String,
+    /// Whether the adapter is a software rasterizer or CPU (no real GPU).
+    pub software: bool,
+}
+
+impl fmt::Display for ComputeDevice {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} on {}", self.backend, self.adapter)
+    }
+}
+
+impl ComputeDevice {
+    /// The `flex` CPU backend.
+    pub fn cpu() -> Self {
+        Self {
+            device: Device::flex(),
+            backend: "cpu (flex)",
+            adapter: format!(
+                "{} threads",
+                std::thread::available_parallelism().map_or(1, |n| n.get())
+            ),
+            software: true,
+        }
+    }
+
+    /// Picks a backend. `Auto` uses wgpu only when the adapter is a real GPU.
+    pub fn select(choice: BackendChoice) -> Result<Self> {
+        match choice {
+            BackendChoice::Cpu => Ok(Self::cpu()),
+            BackendChoice::Gpu => probe_wgpu().ok_or_else(|| {
+                Error::Device(
+                    "no wgpu adapter could be opened; install a Vulkan, Metal or DX12 driver \
+                     (on Linux without a GPU, Mesa's lavapipe), or use --device cpu"
+                        .into(),
+                )
+            }),
+            BackendChoice::Auto => Ok(probe_wgpu()
+                .filter(|gpu| !gpu.software)
+                .unwrap_or_else(Self::cpu)),
+        }
+    }
+}
+
+/// Opens the default wgpu adapter, if any. Opening can panic inside the driver stack when no
+/// adapter exists; that is caught and reported as `None`.
+fn probe_wgpu() -> Option<ComputeDevice> {
+    let identity = std::panic::catch_unwind(|| {
+        let device = Device::wgpu(DeviceKind::DefaultDevice);
+        let identity = device.identity();
+        (device, identity)
+    });
+    let (device, identity) = identity.ok()?;
+    let identity = identity?;
+    Some(ComputeDevice {
+        device,
+        backend: "wgpu",
+        software: identity.physical.is_none(),
+        adapter: identity.name,
+    })
+}

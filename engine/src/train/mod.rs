@@ -1,0 +1,165 @@
+//! One optimisation step: loss, backward, global-norm gradient clipping, AdamW with a cosine
+//! schedule and linear warmup (paper section 7).
+
+use burn::module::{Module, ModuleVisitor, Param};
+use burn::optim::{AdamWConfig, GradientsParams, ModuleOptimizer};
+use burn::tensor::Tensor;
+use serde::{Deserialize, Serialize};
+
+use crate::loss::{LossSummary, StepNoise, TrainBatch};
+use crate::model::JetFormer;
+
+/// Optimizer and schedule.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct OptimizerConfig {
+    /// Peak learning rate. Default: 3e-4.
+    pub learning_rate: f64,
+    /// Fraction of the run spent warming up linearly from 0. Default: 0.1.
+    pub warmup_fraction: f64,
+    /// Steps of the whole run; the cosine decays to 0 at this step. Default: 10000.
+    pub total_steps: usize,
+    /// Adam beta 1. Default: 0.9.
+    pub beta1: f32,
+    /// Adam beta 2. Default: 0.95, as the reference.
+    pub beta2: f32,
+    /// Decoupled weight decay. Default: 1e-4.
+    pub weight_decay: f32,
+    /// Largest global L2 norm of the gradient. Default: 1.
+    pub clip_norm: f64,
+}
+
+impl Default for OptimizerConfig {
+    fn default() -> Self {
+        Self {
+            learning_rate: 3e-4,
+            warmup_fraction: 0.1,
+            total_steps: 10_000,
+            beta1: 0.9,
+            beta2: 0.95,
+            weight_decay: 1e-4,
+            clip_norm: 1.0,
+        }
+    }
+}
+
+impl OptimizerConfig {
+    /// Learning rate at `step`: linear warmup, then cosine decay to 0.
+    pub fn learning_rate_at(&self, step: usize) -> f64 {
+        let total = self.total_steps.max(1) as f64;
+        let warmup = (self.warmup_fraction * total).max(1.0);
+        let step = step as f64;
+        if step < warmup {
+            return self.learning_rate * (step + 1.0) / warmup;
+        }
+        let progress = ((step - warmup) / (total - warmup).max(1.0)).clamp(0.0, 1.0);
+        self.learning_rate * 0.5 * (1.0 + (std::f64::consts::PI * progress).cos())
+    }
+}
+
+/// A model on an autodiff device with its optimizer state and step count.
+pub struct Trainer {
+    /// The model being trained (parameters on an autodiff device).
+    pub model: JetFormer,
+    /// AdamW state.
+    pub optimizer: ModuleOptimizer,
+    /// Steps taken so far.
+    pub step: usize,
+    /// Optimizer settings.
+    pub config: OptimizerConfig,
+}
+
+impl Trainer {
+    /// Wraps a model whose parameters live on an autodiff device.
+    pub fn new(model: JetFormer, config: OptimizerConfig) -> Self {
+        let optimizer = AdamWConfig::new()
+            .with_beta_1(config.beta1)
+            .with_beta_2(config.beta2)
+            .with_weight_decay(config.weight_decay)
+            .with_epsilon(1e-8)
+            .init();
+        Self {
+            model,
+            optimizer,
+            step: 0,
+            config,
+        }
+    }
+
+    /// Training progress in [0, 1], which drives the noise curriculum.
+    pub fn progress(&self) -> f64 {
+        (self.step as f64 / self.config.total_steps.max(1) as f64).min(1.0)
+    }
+
+    /// One step: forward, backward, clip, update. Returns the loss parts before the update.
+    pub fn train_step(&mut self, batch: &TrainBatch, noise: &StepNoise) -> LossSummary {
+        let output = self.model.loss(batch, noise);
+        let summary = output.summary();
+        let mut grads = GradientsParams::from_grads(output.total.backward(), &self.model);
+        clip_global_norm(&self.model, &mut grads, self.config.clip_norm);
+        let learning_rate = self.config.learning_rate_at(self.step);
+        let model = self.model.clone();
+        self.model = self.optimizer.step(learning_rate, model, grads);
+        self.step += 1;
+        summary
+    }
+}
+
+/// Scales every gradient by `min(1, max_norm / ||g||)`, with `||g||` the L2 norm over all
+/// parameters together. Stays on the device (no read-back).
+pub fn clip_global_norm<M: Module>(model: &M, grads: &mut GradientsParams, max_norm: f64) {
+    let mut squares = SquaredNorm { grads, total: None };
+    model.visit(&mut squares);
+    let Some(total) = squares.total else {
+        return;
+    };
+    let scale = total.sqrt().clamp_min(max_norm).recip() * max_norm;
+    model.visit(&mut Rescale { grads, scale });
+}
+
+struct SquaredNorm<'a> {
+    grads: &'a GradientsParams,
+    total: Option<Tensor<1>>,
+}
+
+impl ModuleVisitor for SquaredNorm<'_> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        if let Some(grad) = self.grads.get::<D>(param.id) {
+            let square = grad.square().sum();
+            self.total = Some(match self.total.take() {
+                Some(total) => total + square,
+                None => square,
+            });
+        }
+    }
+}
+
+struct Rescale<'a> {
+    grads: &'a mut GradientsParams,
+    scale: Tensor<1>,
+}
+
+impl ModuleVisitor for Rescale<'_> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        if let Some(grad) = self.grads.remove::<D>(param.id) {
+            let scale = self.scale.clone().reshape([1; D]);
+            self.grads.register::<D>(param.id, grad * scale);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn schedule_warms_up_then_decays_to_zero() {
+        let config = OptimizerConfig {
+            total_steps: 100,
+            ..OptimizerConfig::default()
+        };
+        assert!(config.learning_rate_at(0) < config.learning_rate_at(5));
+        assert!((config.learning_rate_at(10) - config.learning_rate).abs() < 1e-12);
+        assert!(config.learning_rate_at(99) < 1e-5);
+    }
+}
