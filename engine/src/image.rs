@@ -31,7 +31,7 @@ pub fn pixels_pm1_from_u8(
 }
 
 /// Quantizes floats in [-1, 1] to 8 bits. Values are clipped, then each lands in the bin
-/// `floor((x + 1) * 127.5)`: the bin whose dequantized interval `[v, v + 1)` holds it. A
+/// `floor((x + 1) * 127.5)`: the bin whose dequantized interval `[v, v + 1)` contains it. A
 /// margin of 1e-3 of a bin absorbs the float error of `v / 127.5 - 1` at the lower edge.
 ///
 /// # Shapes
@@ -46,7 +46,7 @@ pub fn pixels_u8_from_pm1(pixels_pm1: Tensor<4>) -> Vec<u8> {
 }
 
 /// Adds uniform dequantization noise `u ~ U[0, 1/127.5)` to every subpixel, so the model is
-/// a density on the continuous cube. `uniform` holds draws from U[0, 1).
+/// a density on the continuous cube. `uniform` contains draws from U[0, 1).
 pub fn dequantize<const D: usize>(pixels_pm1: Tensor<D>, uniform: Tensor<D>) -> Tensor<D> {
     pixels_pm1 + uniform * BIN_PM1
 }

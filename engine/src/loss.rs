@@ -46,7 +46,7 @@ pub struct StepNoise {
 }
 
 impl StepNoise {
-    /// The draws of a training step at `progress` in [0, 1] of the run.
+    /// Draws the noise of a training step at `progress` in [0, 1] of the run.
     pub fn training(
         config: &JetFormerConfig,
         batch: usize,
@@ -263,7 +263,7 @@ pub fn text_nats_per_token(
 }
 
 impl JetFormer {
-    /// The training loss of a batch under the given draws.
+    /// Computes the training loss of a batch under the given draws.
     pub fn loss(&self, batch: &TrainBatch, noise: &StepNoise) -> LossOutput {
         let config = &self.config;
 

@@ -56,7 +56,7 @@ pub struct SequenceOutputs {
 }
 
 impl JetFormer {
-    /// A fresh model. The config must be valid (see [`JetFormerConfig::validate`]).
+    /// Builds a fresh model. The config must be valid (see [`JetFormerConfig::validate`]).
     pub fn new(config: &JetFormerConfig, device: &Device) -> Self {
         let width = config.decoder.width;
         // NOTE: flax's default Dense init (LeCun normal, std 1/sqrt(fan_in)) for the text head;
@@ -85,7 +85,7 @@ impl JetFormer {
         }
     }
 
-    /// The embedding of one special token for every example.
+    /// Looks up the embedding of one special token for every example.
     ///
     /// # Shapes
     /// - output: `[batch, 1, width]`
@@ -167,7 +167,7 @@ impl JetFormer {
         )
     }
 
-    /// The teacher-forced pass: text logits and image head outputs for every example.
+    /// Runs the teacher-forced pass and returns text logits and image head outputs.
     pub fn forward_sequence(&self, inputs: &SequenceInputs) -> SequenceOutputs {
         let [_, text_len] = inputs.text.dims();
         let [_, num_tokens, _] = inputs.soft_tokens.dims();

@@ -583,7 +583,7 @@ fn checkpoint_round_trip_is_bit_exact_and_mismatch_names_the_tensor() {
     }
 }
 
-/// Every parameter's values as bit patterns, in module order.
+/// Collects every parameter's values as bit patterns, in module order.
 fn parameter_bits(model: &JetFormer) -> Vec<Vec<u64>> {
     struct Collect(Vec<Vec<u64>>);
     impl ModuleVisitor for Collect {

@@ -40,7 +40,7 @@ impl Decoder {
         }
     }
 
-    /// The full causal pass.
+    /// Runs the full causal pass.
     ///
     /// # Shapes
     /// - `x`: `[batch, seq_len, width]` embedded inputs
