@@ -62,7 +62,7 @@ pub fn save(model: &JetFormer, dir: &Path) -> Result<()> {
     model.config.save(&dir.join(CONFIG_FILE))
 }
 
-/// The model's weights as a safetensors file in memory.
+/// Serializes the model's weights to a safetensors file in memory.
 pub fn weights_bytes(model: &JetFormer, path: &Path) -> Result<Vec<u8>> {
     let mut store = SafetensorsStore::from_bytes(None);
     let failed = |problem: String| Error::Checkpoint {

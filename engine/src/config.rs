@@ -49,7 +49,7 @@ pub struct ImageConfig {
     /// `small`: 4.
     pub patch_size: usize,
     /// Values of each token that the decoder models (k); the remaining `token_dim - k` are
-    /// factored out to a standard normal prior. `small`: 8 of 48 (one sixth, as the paper).
+    /// factored out to a standard normal prior. `small`: 8 of 48, the one-sixth ratio of the JetFormer reference configs.
     pub soft_token_dim: usize,
 }
 
@@ -63,7 +63,7 @@ pub enum CouplingKind {
     Spatial,
 }
 
-/// How a spatial coupling splits the token grid in two halves.
+/// Split of the token grid into two halves for a spatial coupling.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum SpatialMask {
@@ -136,7 +136,7 @@ pub struct DecoderConfig {
     /// Epsilon of RMSNorm. Default: 1e-6.
     #[serde(default = "default_norm_eps")]
     pub norm_eps: f64,
-    /// Longest wavelength of the rotary embedding. Default: 10000.
+    /// Maximum wavelength of the rotary embedding. Default: 10000.
     #[serde(default = "default_rope")]
     pub rope_max_wavelength: f64,
 }
@@ -220,7 +220,7 @@ impl Default for LossConfig {
 }
 
 impl JetFormerConfig {
-    /// A few thousand parameters: 8 x 8 images, for tests of the model's math.
+    /// Returns a model of a few thousand parameters on 8 x 8 images, for tests of the math.
     pub fn tiny() -> Self {
         Self {
             version: CONFIG_VERSION,
@@ -266,8 +266,8 @@ impl JetFormerConfig {
         }
     }
 
-    /// The bundled model's size: 32 x 32 images in 64 tokens of 48 values, sized to train
-    /// on a 2-core CPU.
+    /// Returns the bundled model's size: 32 x 32 images in 64 tokens of 48 values, sized to
+    /// train on a 2-core CPU.
     pub fn small(vocab_size: usize) -> Self {
         let specials = 4;
         Self {
@@ -314,7 +314,7 @@ impl JetFormerConfig {
         }
     }
 
-    /// A preset by name: `tiny` or `small` (with a 1024-token vocabulary).
+    /// Returns a preset by name: `tiny` or `small` (with a 1024-token vocabulary).
     pub fn preset(name: &str) -> Result<Self> {
         match name {
             "tiny" => Ok(Self::tiny()),

@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
 
-/// What the user asked for.
+/// Backend requested by the user.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum BackendChoice {
@@ -56,7 +56,7 @@ impl fmt::Display for ComputeDevice {
 }
 
 impl ComputeDevice {
-    /// The `flex` CPU backend.
+    /// Opens the `flex` CPU backend.
     pub fn cpu() -> Self {
         Self {
             device: Device::flex(),

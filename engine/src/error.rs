@@ -11,14 +11,14 @@ pub enum Error {
     Config {
         /// Dotted path of the field, for example `flow.depth`.
         field: String,
-        /// What is wrong and how to fix it.
+        /// The problem and its fix.
         problem: String,
     },
 
     /// A file could not be read or written.
     #[error("{action} {path}: {source}")]
     Io {
-        /// What was being done, for example "could not read".
+        /// Action that failed, for example "could not read".
         action: &'static str,
         /// The file.
         path: PathBuf,

@@ -54,7 +54,7 @@ pub fn dequantize<const D: usize>(pixels_pm1: Tensor<D>, uniform: Tensor<D>) -> 
 /// Adds Gaussian RGB noise of a per-example std on the 0..255 scale and rounds back to 8-bit
 /// values, as the noise curriculum prescribes. Values are clipped to 0..255.
 ///
-/// NOTE: the reference does not clip after rounding; clipping keeps every training image a
+/// NOTE: the reference does not clip after rounding. Clipping keeps every training image a
 /// valid 8-bit image, so bits per dimension stay a bound on a real discrete likelihood.
 ///
 /// # Shapes

@@ -1,7 +1,7 @@
-//! The training objective (paper section 7): suffix-only NLL per example, image bits per
-//! dimension with every one of the `token_dim` values of every token accounted for (the soft
-//! tokens by the mixture head, the factored dims by a standard normal prior, the flow by its
-//! log-det), text NLL weighted against it.
+//! The JetFormer training objective: a suffix-only NLL per example. Image bits per dimension
+//! account for all `token_dim` values of every token: the mixture head models the soft tokens,
+//! a standard normal prior the factored dims, and the flow's log-det the change of variables.
+//! Text NLL is weighted against it.
 
 use std::f64::consts::{LN_2, PI};
 

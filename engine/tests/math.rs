@@ -385,8 +385,8 @@ fn train_batch(config: &JetFormerConfig, count: usize, device: &Device) -> Train
     }
 }
 
-/// An untrained model (identity flow, zero image head) on a known image: image bits/dim is
-/// the standard normal NLL of the pixels; zeroing the text head makes text NLL ln(vocab).
+/// Checks an untrained model (identity flow, zero image head) on a known image. Its image
+/// bits/dim is the standard normal NLL of the pixels, and a zeroed text head gives ln(vocab).
 #[test]
 fn untrained_loss_parts_equal_hand_computed_values() {
     struct ZeroTextHead;
@@ -472,7 +472,7 @@ fn flow_gradient_mass(config: &JetFormerConfig, text_first: bool) -> f64 {
 }
 
 #[test]
-fn gradients_reach_the_flow_only_from_text_first_examples() {
+fn flow_gradients_only_from_text_first() {
     let config = JetFormerConfig::tiny();
     assert!(flow_gradient_mass(&config, true) > 1e-3);
     assert_eq!(flow_gradient_mass(&config, false), 0.0);
@@ -518,7 +518,7 @@ fn training_drives_image_bits_per_dim_down() {
 /// Trap 1 of the spec: after a few steps every output dim of the flow depends on the input,
 /// including every dim the decoder models.
 #[test]
-fn every_flow_output_depends_on_the_input_after_training() {
+fn trained_flow_mixes_every_dim() {
     let config = JetFormerConfig::tiny();
     let (trainer, _) = train_steps(&config, 20, 5);
     let flow = trainer.model.flow.valid();
@@ -545,7 +545,7 @@ fn every_flow_output_depends_on_the_input_after_training() {
 }
 
 #[test]
-fn checkpoint_round_trip_is_bit_exact_and_mismatch_names_the_tensor() {
+fn checkpoint_round_trip_and_mismatch() {
     let config = JetFormerConfig::tiny();
     let model = tiny_model(&config);
     let dir = tempdir("roundtrip");

@@ -40,7 +40,7 @@ pub struct CouplingShape {
 }
 
 impl Coupling {
-    /// A coupling with the given permutation (of channels or of tokens, by `kind`).
+    /// Builds a coupling with the given permutation (of channels or of tokens, by `kind`).
     pub fn new(
         kind: CouplingKind,
         permutation: &[usize],
@@ -148,7 +148,7 @@ impl Coupling {
     }
 }
 
-/// The inverse of a permutation: `inverse[permutation[i]] = i`.
+/// Inverts a permutation: `inverse[permutation[i]] = i`.
 pub fn invert(permutation: &[usize]) -> Vec<usize> {
     let mut inverse = vec![0; permutation.len()];
     for (i, &p) in permutation.iter().enumerate() {

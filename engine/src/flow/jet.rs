@@ -20,7 +20,7 @@ pub struct Jet {
 }
 
 impl Jet {
-    /// A fresh flow: every coupling is the identity (zero-initialised output layers), and
+    /// Builds a fresh flow: every coupling is the identity (zero-initialised output layers), and
     /// channel permutations are drawn from `flow.permutation_seed`.
     pub fn new(config: &JetFormerConfig, device: &Device) -> Self {
         let flow = &config.flow;

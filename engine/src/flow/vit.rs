@@ -100,7 +100,7 @@ pub struct CouplingNet {
 }
 
 impl CouplingNet {
-    /// A network reading `half_dim` values per token and writing `2 * half_dim`.
+    /// Builds a network reading `half_dim` values per token and writing `2 * half_dim`.
     pub fn new(
         num_tokens: usize,
         half_dim: usize,

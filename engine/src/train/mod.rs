@@ -91,7 +91,7 @@ impl Trainer {
         (self.step as f64 / self.config.total_steps.max(1) as f64).min(1.0)
     }
 
-    /// One step: forward, backward, clip, update. Returns the loss parts before the update.
+    /// Runs one step: forward, backward, clip, update. Returns the loss parts before the update.
     pub fn train_step(&mut self, batch: &TrainBatch, noise: &StepNoise) -> LossSummary {
         let output = self.model.loss(batch, noise);
         let summary = output.summary();

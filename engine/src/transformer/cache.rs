@@ -22,7 +22,7 @@ impl KvCache {
         cached_len
     }
 
-    /// Whether nothing is cached.
+    /// Returns whether nothing is cached.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
