@@ -49,7 +49,8 @@ pub struct ImageConfig {
     /// `small`: 4.
     pub patch_size: usize,
     /// Values of each token that the decoder models (k); the remaining `token_dim - k` are
-    /// factored out to a standard normal prior. `small`: 8 of 48, the one-sixth ratio of the JetFormer reference configs.
+    /// factored out to a standard normal prior. `small`: 8 of 48, the one-sixth ratio of the
+    /// JetFormer reference configs.
     pub soft_token_dim: usize,
 }
 
@@ -89,7 +90,7 @@ pub struct FlowConfig {
     pub depth: usize,
     /// Transformer blocks inside each coupling network. `small`: 1.
     pub block_depth: usize,
-    /// Width of each coupling network. `small`: 128.
+    /// Width of each coupling network. `small`: 64.
     pub width: usize,
     /// Attention heads of each coupling network. `small`: 4.
     pub num_heads: usize,
@@ -120,7 +121,7 @@ fn default_masks() -> Vec<SpatialMask> {
 pub struct DecoderConfig {
     /// Model width. `small`: 256.
     pub width: usize,
-    /// Number of blocks. `small`: 4.
+    /// Number of blocks. `small`: 3.
     pub depth: usize,
     /// Query heads. `small`: 4.
     pub num_heads: usize,
@@ -128,7 +129,7 @@ pub struct DecoderConfig {
     pub num_kv_heads: usize,
     /// Width of one head. `small`: 64.
     pub head_dim: usize,
-    /// Hidden width of the GeGLU MLP. `small`: 1024.
+    /// Hidden width of the GeGLU MLP. `small`: 512.
     pub mlp_dim: usize,
     /// Dropout after attention and MLP in training. Default: 0.1.
     #[serde(default = "default_dropout")]
@@ -281,7 +282,7 @@ impl JetFormerConfig {
             flow: FlowConfig {
                 depth: 4,
                 block_depth: 1,
-                width: 128,
+                width: 64,
                 num_heads: 4,
                 kinds: default_kinds(),
                 spatial_masks: default_masks(),
@@ -289,11 +290,11 @@ impl JetFormerConfig {
             },
             decoder: DecoderConfig {
                 width: 256,
-                depth: 4,
+                depth: 3,
                 num_heads: 4,
                 num_kv_heads: 1,
                 head_dim: 64,
-                mlp_dim: 1024,
+                mlp_dim: 512,
                 dropout: default_dropout(),
                 norm_eps: default_norm_eps(),
                 rope_max_wavelength: default_rope(),
@@ -381,7 +382,7 @@ impl JetFormerConfig {
         if self.head.num_mixtures == 0 {
             return Err(Error::config("head.num_mixtures", "is 0; use at least 1"));
         }
-        if !(self.head.scale_floor > 0.0) {
+        if self.head.scale_floor.is_nan() || self.head.scale_floor <= 0.0 {
             return Err(Error::config("head.scale_floor", "must be positive"));
         }
         self.validate_loss()
@@ -391,7 +392,7 @@ impl JetFormerConfig {
         let image = &self.image;
         positive("image.size", image.size)?;
         positive("image.patch_size", image.patch_size)?;
-        if image.size % image.patch_size != 0 {
+        if !image.size.is_multiple_of(image.patch_size) {
             return Err(Error::config(
                 "image.patch_size",
                 format!(
@@ -401,7 +402,7 @@ impl JetFormerConfig {
             ));
         }
         let token_dim = self.token_dim();
-        if token_dim % 2 != 0 {
+        if !token_dim.is_multiple_of(2) {
             return Err(Error::config(
                 "image.patch_size",
                 format!(
@@ -429,7 +430,7 @@ impl JetFormerConfig {
         positive("flow.block_depth", flow.block_depth)?;
         positive("flow.width", flow.width)?;
         positive("flow.num_heads", flow.num_heads)?;
-        if flow.width % flow.num_heads != 0 {
+        if !flow.width.is_multiple_of(flow.num_heads) {
             return Err(Error::config(
                 "flow.num_heads",
                 format!(
@@ -451,7 +452,7 @@ impl JetFormerConfig {
                 "is empty but flow.kinds has a spatial coupling",
             ));
         }
-        if has_spatial && self.num_tokens() % 2 != 0 {
+        if has_spatial && !self.num_tokens().is_multiple_of(2) {
             return Err(Error::config(
                 "flow.kinds",
                 format!(
@@ -470,7 +471,7 @@ impl JetFormerConfig {
         positive("decoder.num_heads", decoder.num_heads)?;
         positive("decoder.num_kv_heads", decoder.num_kv_heads)?;
         positive("decoder.mlp_dim", decoder.mlp_dim)?;
-        if decoder.head_dim == 0 || decoder.head_dim % 2 != 0 {
+        if decoder.head_dim == 0 || !decoder.head_dim.is_multiple_of(2) {
             return Err(Error::config(
                 "decoder.head_dim",
                 format!(
@@ -479,7 +480,7 @@ impl JetFormerConfig {
                 ),
             ));
         }
-        if decoder.num_heads % decoder.num_kv_heads != 0 {
+        if !decoder.num_heads.is_multiple_of(decoder.num_kv_heads) {
             return Err(Error::config(
                 "decoder.num_kv_heads",
                 format!(
@@ -541,7 +542,7 @@ impl JetFormerConfig {
             ("loss.rgb_noise_end_u8", loss.rgb_noise_end_u8),
         ];
         for (field, value) in non_negative {
-            if !(value >= 0.0) {
+            if value.is_nan() || value < 0.0 {
                 return Err(Error::config(field, format!("is {value}; it must be >= 0")));
             }
         }
@@ -596,7 +597,8 @@ mod tests {
 
     #[test]
     fn errors_name_the_field() {
-        let cases: Vec<(&str, Box<dyn Fn(&mut JetFormerConfig)>)> = vec![
+        type Edit = Box<dyn Fn(&mut JetFormerConfig)>;
+        let cases: Vec<(&str, Edit)> = vec![
             ("image.patch_size", Box::new(|c| c.image.patch_size = 3)),
             ("image.patch_size", Box::new(|c| c.image.patch_size = 1)),
             (

@@ -5,6 +5,7 @@
 //! Reference implementation: `google-research/big_vision` (`models/proj/jet/jet.py`,
 //! `models/proj/jetformer/jetformer.py`, `trainers/proj/jetformer/train.py`).
 
+pub mod activation;
 pub mod checkpoint;
 pub mod config;
 pub mod device;

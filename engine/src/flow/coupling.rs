@@ -165,9 +165,11 @@ pub fn spatial_permutation(mask: SpatialMask, side: usize) -> Vec<usize> {
     let first = |index: usize| {
         let (row, col) = (index / side, index % side);
         match mask {
-            SpatialMask::Checkerboard | SpatialMask::CheckerboardInv => (row + col) % 2 == 0,
-            SpatialMask::Vstripes | SpatialMask::VstripesInv => index % 2 == 0,
-            SpatialMask::Hstripes | SpatialMask::HstripesInv => row % 2 == 0,
+            SpatialMask::Checkerboard | SpatialMask::CheckerboardInv => {
+                (row + col).is_multiple_of(2)
+            }
+            SpatialMask::Vstripes | SpatialMask::VstripesInv => index.is_multiple_of(2),
+            SpatialMask::Hstripes | SpatialMask::HstripesInv => row.is_multiple_of(2),
         }
     };
     let inverted = matches!(

@@ -6,7 +6,9 @@
 
 use burn::module::{Module, Param};
 use burn::nn::{Initializer, LayerNorm, LayerNormConfig, Linear, LinearConfig};
-use burn::tensor::activation::{gelu_approximate, softmax};
+use burn::tensor::activation::softmax;
+
+use crate::activation::gelu_tanh;
 use burn::tensor::{Device, Tensor};
 
 /// Multi-head self-attention over all tokens (no mask).
@@ -83,7 +85,7 @@ impl VitBlock {
     /// - `x`, output: `[batch, num_tokens, width]`
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
         let x = x.clone() + self.attention.forward(self.attention_norm.forward(x));
-        let hidden = gelu_approximate(self.mlp_in.forward(self.mlp_norm.forward(x.clone())));
+        let hidden = gelu_tanh(self.mlp_in.forward(self.mlp_norm.forward(x.clone())));
         x + self.mlp_out.forward(hidden)
     }
 }

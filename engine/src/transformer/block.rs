@@ -1,9 +1,9 @@
 //! One decoder block: pre-norm attention and pre-norm GeGLU MLP, each with dropout and a
 //! residual connection.
 
+use crate::activation::gelu_tanh;
 use burn::module::Module;
 use burn::nn::{Dropout, DropoutConfig, Linear, LinearConfig};
-use burn::tensor::activation::gelu_approximate;
 use burn::tensor::{Device, Tensor};
 
 use super::attention::{Attention, LayerCache};
@@ -30,7 +30,7 @@ impl GeGlu {
     }
 
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        let gated = gelu_approximate(self.gate.forward(x.clone())) * self.up.forward(x);
+        let gated = gelu_tanh(self.gate.forward(x.clone())) * self.up.forward(x);
         self.down.forward(gated)
     }
 }
