@@ -13,6 +13,7 @@ pub mod error;
 pub mod flow;
 pub mod head;
 pub mod image;
+pub mod infer;
 pub mod loss;
 pub mod model;
 pub mod train;

@@ -13,7 +13,7 @@ use rand::rngs::StdRng;
 use crate::config::JetFormerConfig;
 use crate::head::Gmm;
 use crate::image::{add_rgb_noise, dequantize, patchify, rgb_noise_std_u8};
-use crate::model::{JetFormer, SequenceInputs, blend3};
+use crate::model::{JetFormer, SequenceInputs, blend};
 
 /// A batch of captioned images.
 #[derive(Clone, Debug)]
@@ -277,7 +277,7 @@ impl JetFormer {
         let (latents, log_det) = self.flow.forward(patchify(pixels, config.image.patch_size));
 
         // The flow learns only from examples whose image is the suffix.
-        let latents = blend3(noise.text_first.clone(), latents.clone(), latents.detach());
+        let latents = blend(noise.text_first.clone(), latents.clone(), latents.detach());
         let (soft_tokens, factored) = split_latents(config, latents);
         let soft_tokens = soft_tokens + noise.teacher_forcing.clone();
 

@@ -162,8 +162,8 @@ impl JetFormer {
 
         let order = inputs.text_first.clone();
         (
-            blend3(order.clone(), text_first, image_first),
-            blend2(order, text_first_mask, image_first_mask),
+            blend(order.clone(), text_first, image_first),
+            blend(order, text_first_mask, image_first_mask),
         )
     }
 
@@ -175,12 +175,12 @@ impl JetFormer {
         let hidden = self.decoder.forward(x, input_mask);
 
         let order = inputs.text_first.clone();
-        let text_hidden = blend3(
+        let text_hidden = blend(
             order.clone(),
             hidden.clone().narrow(1, 0, text_len),
             hidden.clone().narrow(1, num_tokens + 1, text_len),
         );
-        let image_hidden = blend3(
+        let image_hidden = blend(
             order,
             hidden.clone().narrow(1, text_len + 1, num_tokens),
             hidden.narrow(1, 0, num_tokens),
@@ -221,16 +221,12 @@ impl JetFormer {
 /// Picks `a` where `select` is 1 and `b` where it is 0, per example.
 ///
 /// # Shapes
-/// - `select`: `[batch]`; `a`, `b`, output: `[batch, len, width]`
-pub fn blend3(select: Tensor<1>, a: Tensor<3>, b: Tensor<3>) -> Tensor<3> {
+/// - `select`: `[batch]`
+/// - `a`, `b`, output: `[batch, ...]`
+pub fn blend<const D: usize>(select: Tensor<1>, a: Tensor<D>, b: Tensor<D>) -> Tensor<D> {
     let [batch] = select.dims();
-    let select = select.reshape([batch, 1, 1]);
-    a * select.clone() + b * (select.neg() + 1.0)
-}
-
-/// [`blend3`] for `[batch, len]` tensors.
-pub fn blend2(select: Tensor<1>, a: Tensor<2>, b: Tensor<2>) -> Tensor<2> {
-    let [batch] = select.dims();
-    let select = select.reshape([batch, 1]);
+    let mut shape = [1; D];
+    shape[0] = batch;
+    let select = select.reshape(shape);
     a * select.clone() + b * (select.neg() + 1.0)
 }

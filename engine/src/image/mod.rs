@@ -4,6 +4,10 @@
 //! Dimension names: `batch`, `size` (image side), `patch` (patch side), `num_tokens` =
 //! `(size / patch)^2`, `token_dim` = `3 * patch^2`.
 
+mod decode;
+
+pub use decode::{DecodeLimits, load_rgb, prepare_rgb};
+
 use burn::tensor::{Device, Tensor, TensorData};
 
 /// Width of one 8-bit bin on the [-1, 1] scale.

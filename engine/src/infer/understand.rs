@@ -1,0 +1,301 @@
+//! Image to text and back: captions, caption scores, bits per dimension and interpolation.
+
+use burn::tensor::activation::log_softmax;
+use burn::tensor::{Int, Tensor, TensorData};
+use image::RgbImage;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+use super::{decode, download, encode, model_device};
+use crate::error::{Error, Result};
+use crate::image::pixels_pm1_from_u8;
+use crate::loss::{StepNoise, TrainBatch, split_latents};
+use crate::model::{JetFormer, SequenceInputs};
+
+/// Settings of captioning.
+#[derive(Clone, Debug, PartialEq)]
+pub struct CaptionOptions {
+    /// Softmax temperature; 0 picks the most likely token (greedy). Default: 0.
+    pub temperature: f64,
+    /// Seed of the draws when `temperature` is positive. Default: 0.
+    pub seed: u64,
+}
+
+impl Default for CaptionOptions {
+    fn default() -> Self {
+        Self {
+            temperature: 0.0,
+            seed: 0,
+        }
+    }
+}
+
+/// Captions images: prefill `[BOI, z_1..z_N, BOS]` and decode text tokens until EOS or the
+/// model's text length. Returns the token ids of each caption, without EOS.
+pub fn caption(
+    model: &JetFormer,
+    images: &[RgbImage],
+    options: &CaptionOptions,
+) -> Result<Vec<Vec<usize>>> {
+    if !options.temperature.is_finite() || options.temperature < 0.0 {
+        return Err(Error::Input(format!(
+            "caption temperature is {}; use a number >= 0",
+            options.temperature
+        )));
+    }
+    let config = &model.config;
+    let batch = images.len();
+    if batch == 0 {
+        return Ok(Vec::new());
+    }
+    let (soft_tokens, _) = split_latents(config, encode(model, images)?);
+    let [_, num_tokens, _] = soft_tokens.dims();
+    let device = model_device(model);
+    let prefix = Tensor::cat(
+        vec![
+            model.special_token(config.text.boi_id, batch),
+            model.embed_image(soft_tokens),
+            model.special_token(config.text.bos_id, batch),
+        ],
+        1,
+    );
+    let (hidden, mut cache) = model.prefill(prefix, Tensor::ones([batch, num_tokens + 2], &device));
+    let mut last = hidden.narrow(1, num_tokens + 1, 1);
+    let mut rng = StdRng::seed_from_u64(options.seed);
+    let mut captions = vec![Vec::new(); batch];
+    let mut finished = vec![false; batch];
+    let not_generated = [
+        config.text.bos_id,
+        config.text.boi_id,
+        config.text.nolabel_id,
+    ];
+    for step in 0..config.text.max_len {
+        let logits = download(model.text_head.forward(last));
+        let vocab = logits.len() / batch;
+        let mut next = Vec::with_capacity(batch);
+        for (example, row) in logits.chunks(vocab).enumerate() {
+            let token = pick_token(row, &not_generated, options.temperature, &mut rng);
+            if !finished[example] {
+                if token == config.text.eos_id {
+                    finished[example] = true;
+                } else {
+                    captions[example].push(token);
+                }
+            }
+            next.push(token as i64);
+        }
+        if finished.iter().all(|&f| f) || step + 1 == config.text.max_len {
+            break;
+        }
+        let ids = Tensor::<2, Int>::from_data(TensorData::new(next, [batch, 1]), &device);
+        last = model.extend(model.embed_text(ids), &mut cache);
+    }
+    Ok(captions)
+}
+
+/// Picks a token from logits, never one of `excluded`: the argmax at temperature 0, else a
+/// draw from the softmax of `logits / temperature`.
+fn pick_token(logits: &[f32], excluded: &[usize], temperature: f64, rng: &mut StdRng) -> usize {
+    let allowed = |index: &usize| !excluded.contains(index);
+    if temperature == 0.0 {
+        return (0..logits.len())
+            .filter(allowed)
+            .max_by(|&a, &b| logits[a].total_cmp(&logits[b]))
+            .unwrap_or(0);
+    }
+    let max = logits.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+    let weights: Vec<f64> = (0..logits.len())
+        .map(|i| {
+            if allowed(&i) {
+                (f64::from(logits[i] - max) / temperature).exp()
+            } else {
+                0.0
+            }
+        })
+        .collect();
+    let mut target = rng.random::<f64>() * weights.iter().sum::<f64>();
+    for (index, weight) in weights.iter().enumerate() {
+        target -= weight;
+        if target < 0.0 && *weight > 0.0 {
+            return index;
+        }
+    }
+    (0..logits.len()).rev().find(allowed).unwrap_or(0)
+}
+
+/// Scores candidate captions of one image: `log p(caption | image)` in nats, each caption
+/// padded with EOS to the model's text length (the padding is part of the score, as in
+/// training). Candidates run in batches of `batch_size`.
+pub fn score_captions(
+    model: &JetFormer,
+    image: &RgbImage,
+    captions: &[Vec<usize>],
+    batch_size: usize,
+) -> Result<Vec<f64>> {
+    let config = &model.config;
+    let device = model_device(model);
+    let (soft_tokens, _) = split_latents(config, encode(model, std::slice::from_ref(image))?);
+    let mut scores = Vec::with_capacity(captions.len());
+    for chunk in captions.chunks(batch_size.max(1)) {
+        let batch = chunk.len();
+        let mut ids = Vec::with_capacity(batch * config.text.max_len);
+        for caption in chunk {
+            ids.extend(pad_caption(model, caption)?.into_iter().map(|id| id as i64));
+        }
+        let text = Tensor::<2, Int>::from_data(
+            TensorData::new(ids, [batch, config.text.max_len]),
+            &device,
+        );
+        let outputs = model.forward_sequence(&SequenceInputs {
+            text: text.clone(),
+            text_mask: Tensor::ones([batch, config.text.max_len], &device),
+            soft_tokens: soft_tokens.clone().repeat_dim(0, batch),
+            text_first: Tensor::zeros([batch], &device),
+            drop_prefix: Tensor::zeros([batch], &device),
+        });
+        let [_, text_len] = text.dims();
+        let log_probs = log_softmax(outputs.text_logits, 2)
+            .gather(2, text.reshape([batch, text_len, 1]))
+            .sum_dim(1)
+            .reshape([batch]);
+        scores.extend(download(log_probs).into_iter().map(f64::from));
+    }
+    Ok(scores)
+}
+
+fn pad_caption(model: &JetFormer, caption: &[usize]) -> Result<Vec<usize>> {
+    let text = &model.config.text;
+    if caption.len() > text.max_len {
+        return Err(Error::Input(format!(
+            "a caption has {} tokens and the model reads at most {}; shorten it",
+            caption.len(),
+            text.max_len
+        )));
+    }
+    if let Some(&id) = caption.iter().find(|&&id| id >= text.vocab_size) {
+        return Err(Error::Input(format!(
+            "token id {id} is outside the vocabulary of {}",
+            text.vocab_size
+        )));
+    }
+    let mut ids = caption.to_vec();
+    ids.resize(text.max_len, text.eos_id);
+    Ok(ids)
+}
+
+/// Bits per dimension of each image, given a caption or unconditionally (NOLABEL prefix).
+/// Dequantization noise comes from `seed`, so the value is repeatable.
+pub fn bits_per_dim(
+    model: &JetFormer,
+    images: &[RgbImage],
+    caption: Option<&[usize]>,
+    seed: u64,
+) -> Result<Vec<f64>> {
+    let config = &model.config;
+    let batch = images.len();
+    if batch == 0 {
+        return Ok(Vec::new());
+    }
+    let device = model_device(model);
+    let size = config.image.size;
+    let mut pixels = Vec::with_capacity(batch * size * size * 3);
+    for image in images {
+        pixels.extend_from_slice(image.as_raw());
+    }
+    if pixels.len() != batch * size * size * 3 {
+        return Err(Error::Input(format!(
+            "every image must be {size}x{size} RGB"
+        )));
+    }
+    let ids = pad_caption(model, caption.unwrap_or(&[]))?;
+    let ids: Vec<i64> = (0..batch)
+        .flat_map(|_| ids.iter().map(|&id| id as i64))
+        .collect();
+    let text_batch = TrainBatch {
+        pixels_pm1: pixels_pm1_from_u8(&pixels, batch, size, &device),
+        text: Tensor::from_data(TensorData::new(ids, [batch, config.text.max_len]), &device),
+        text_mask: Tensor::ones([batch, config.text.max_len], &device),
+    };
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut noise = StepNoise::evaluation(config, batch, true, &mut rng, &device);
+    if caption.is_none() {
+        noise.drop_prefix = Tensor::ones([batch], &device);
+    }
+    let output = model.loss(&text_batch, &noise);
+    Ok(download(output.image_bits_per_dim)
+        .into_iter()
+        .map(f64::from)
+        .collect())
+}
+
+/// How two latents are blended.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Interpolation {
+    /// `(1 - t) a + t b`.
+    Linear,
+    /// Spherical interpolation of each token's latent vector.
+    Spherical,
+}
+
+/// Encodes two images and decodes `steps` blends of their latents, from `t = 0` (the first
+/// image) to `t = 1` (the second).
+pub fn interpolate(
+    model: &JetFormer,
+    first: &RgbImage,
+    second: &RgbImage,
+    steps: usize,
+    mode: Interpolation,
+) -> Result<Vec<RgbImage>> {
+    if steps < 2 {
+        return Err(Error::Input(format!("steps is {steps}; use at least 2")));
+    }
+    let latents = encode(model, &[first.clone(), second.clone()])?;
+    let [_, num_tokens, token_dim] = latents.dims();
+    let values = download(latents);
+    let per_image = num_tokens * token_dim;
+    let (a, b) = values.split_at(per_image);
+    let mut blended = Vec::with_capacity(steps * per_image);
+    for step in 0..steps {
+        let t = step as f64 / (steps - 1) as f64;
+        for token in 0..num_tokens {
+            let range = token * token_dim..(token + 1) * token_dim;
+            blended.extend(blend_vectors(&a[range.clone()], &b[range], t, mode));
+        }
+    }
+    let device = model_device(model);
+    let tensor = Tensor::from_data(
+        TensorData::new(blended, [steps, num_tokens, token_dim]),
+        &device,
+    );
+    Ok(decode(model, tensor))
+}
+
+fn blend_vectors(a: &[f32], b: &[f32], t: f64, mode: Interpolation) -> Vec<f32> {
+    let linear = || {
+        a.iter()
+            .zip(b)
+            .map(|(&x, &y)| ((1.0 - t) * f64::from(x) + t * f64::from(y)) as f32)
+            .collect()
+    };
+    if mode == Interpolation::Linear {
+        return linear();
+    }
+    let norm = |v: &[f32]| v.iter().map(|&x| f64::from(x).powi(2)).sum::<f64>().sqrt();
+    let (norm_a, norm_b) = (norm(a), norm(b));
+    let dot: f64 = a
+        .iter()
+        .zip(b)
+        .map(|(&x, &y)| f64::from(x) * f64::from(y))
+        .sum();
+    let cosine = (dot / (norm_a * norm_b).max(1e-12)).clamp(-1.0, 1.0);
+    let angle = cosine.acos();
+    if angle.sin().abs() < 1e-6 {
+        return linear();
+    }
+    let weight_a = ((1.0 - t) * angle).sin() / angle.sin();
+    let weight_b = (t * angle).sin() / angle.sin();
+    a.iter()
+        .zip(b)
+        .map(|(&x, &y)| (weight_a * f64::from(x) + weight_b * f64::from(y)) as f32)
+        .collect()
+}

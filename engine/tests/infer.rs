@@ -1,0 +1,301 @@
+//! Inference calls on tiny models: seeded sampling, streaming and cancellation, guidance,
+//! captions and scores of an overfitted model, bits per dimension, interpolation.
+
+use burn::module::{Module, ModuleMapper, Param};
+use burn::tensor::{Device, Distribution, Int, Tensor, TensorData};
+use image::RgbImage;
+use jetformer_engine::image::pixels_pm1_from_u8;
+use jetformer_engine::infer::{
+    self, CancelToken, CaptionOptions, Event, GenerateOptions, Interpolation, bits_per_dim,
+    caption, generate, interpolate, score_captions,
+};
+use jetformer_engine::loss::{StepNoise, TrainBatch};
+use jetformer_engine::train::{OptimizerConfig, Trainer};
+use jetformer_engine::{JetFormer, JetFormerConfig};
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+
+struct Perturb;
+
+impl ModuleMapper for Perturb {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        param.map(|t| (t.clone() + t.random_like(Distribution::Normal(0.0, 0.05))).detach())
+    }
+}
+
+fn random_model() -> JetFormer {
+    JetFormer::new(&JetFormerConfig::tiny(), &Device::flex()).map(&mut Perturb)
+}
+
+fn options(seed: u64) -> GenerateOptions {
+    GenerateOptions {
+        seed,
+        count: 2,
+        preview_every: 4,
+        ..GenerateOptions::default()
+    }
+}
+
+fn run(model: &JetFormer, options: &GenerateOptions) -> (Vec<Event>, Option<Vec<RgbImage>>) {
+    let mut events = Vec::new();
+    let images = generate(model, &[1, 2, 3], options, &CancelToken::new(), |e| {
+        events.push(e)
+    })
+    .expect("generate");
+    (events, images)
+}
+
+#[test]
+fn same_seed_same_images() {
+    let model = random_model();
+    let (_, a) = run(&model, &options(5));
+    let (_, b) = run(&model, &options(5));
+    let (_, c) = run(&model, &options(6));
+    let bytes = |images: Option<Vec<RgbImage>>| -> Vec<Vec<u8>> {
+        images
+            .expect("finished")
+            .into_iter()
+            .map(|i| i.into_raw())
+            .collect()
+    };
+    let (a, b, c) = (bytes(a), bytes(b), bytes(c));
+    assert_eq!(a, b);
+    assert_ne!(a, c);
+    assert_ne!(a[0], a[1], "two images of one call differ");
+}
+
+#[test]
+fn last_preview_equals_final_image() {
+    let model = random_model();
+    let (events, images) = run(&model, &options(1));
+    let images = images.expect("finished");
+    let previews: Vec<(usize, &Vec<RgbImage>)> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Preview {
+                tokens_done,
+                images,
+            } => Some((*tokens_done, images)),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(previews.len(), 16 / 4);
+    let (done, last) = previews.last().expect("previews");
+    assert_eq!(*done, 16);
+    assert_eq!(*last, &images);
+    assert!(matches!(
+        events.first(),
+        Some(Event::Started {
+            count: 2,
+            num_tokens: 16
+        })
+    ));
+    assert!(matches!(events.last(), Some(Event::Finished { .. })));
+}
+
+#[test]
+fn cancel_stops_without_final_image() {
+    let model = random_model();
+    let cancel = CancelToken::new();
+    let mut events = Vec::new();
+    let result = generate(&model, &[1], &options(2), &cancel, |event| {
+        if matches!(event, Event::Preview { tokens_done: 8, .. }) {
+            cancel.cancel();
+        }
+        events.push(event);
+    })
+    .expect("generate");
+    assert!(result.is_none());
+    assert!(matches!(events.last(), Some(Event::Cancelled)));
+    assert!(!events.iter().any(|e| matches!(e, Event::Finished { .. })));
+    let previews = events
+        .iter()
+        .filter(|e| matches!(e, Event::Preview { .. }))
+        .count();
+    assert_eq!(previews, 2, "stopped within one token of the request");
+}
+
+#[test]
+fn guided_generation_gives_valid_images() {
+    let model = random_model();
+    let guided = GenerateOptions {
+        guidance: 3.0,
+        scale_temperature: 0.9,
+        ..options(3)
+    };
+    let (_, images) = run(&model, &guided);
+    let images = images.expect("finished");
+    assert_eq!(images.len(), 2);
+    assert!(images.iter().all(|i| i.width() == 8 && i.height() == 8));
+}
+
+#[test]
+fn bad_generate_options_are_errors() {
+    let model = random_model();
+    let cases = [
+        GenerateOptions {
+            count: 0,
+            ..GenerateOptions::default()
+        },
+        GenerateOptions {
+            scale_temperature: 0.0,
+            ..GenerateOptions::default()
+        },
+        GenerateOptions {
+            guidance: f64::NAN,
+            ..GenerateOptions::default()
+        },
+        GenerateOptions {
+            noise_factor: -1.0,
+            ..GenerateOptions::default()
+        },
+    ];
+    for options in cases {
+        let result = generate(&model, &[1], &options, &CancelToken::new(), |_| {});
+        assert!(result.is_err(), "{options:?}");
+    }
+    let too_long = vec![1; 7];
+    assert!(
+        generate(
+            &model,
+            &too_long,
+            &GenerateOptions::default(),
+            &CancelToken::new(),
+            |_| {}
+        )
+        .is_err()
+    );
+    assert!(
+        generate(
+            &model,
+            &[99],
+            &GenerateOptions::default(),
+            &CancelToken::new(),
+            |_| {}
+        )
+        .is_err()
+    );
+}
+
+fn fixture_images(count: usize) -> Vec<RgbImage> {
+    (0..count)
+        .map(|i| {
+            RgbImage::from_fn(8, 8, |x, y| {
+                let on = match i {
+                    0 => x < 4,
+                    1 => y < 4,
+                    2 => (x + y) % 2 == 0,
+                    _ => x == y,
+                };
+                if on {
+                    image::Rgb([230, 40, 40])
+                } else {
+                    image::Rgb([20, 20, 200])
+                }
+            })
+        })
+        .collect()
+}
+
+fn fixture_captions() -> Vec<Vec<usize>> {
+    vec![vec![1, 2], vec![3, 4, 5], vec![6], vec![7, 8, 9, 10]]
+}
+
+/// Trains a tiny model on four images and captions, image first, until it can caption them.
+fn overfitted_model() -> JetFormer {
+    let config = JetFormerConfig::tiny();
+    let device = Device::flex().autodiff();
+    let images = fixture_images(4);
+    let captions = fixture_captions();
+    let pixels: Vec<u8> = images.iter().flat_map(|i| i.as_raw().clone()).collect();
+    let ids: Vec<i64> = captions
+        .iter()
+        .flat_map(|c| {
+            let mut padded = c.clone();
+            padded.resize(config.text.max_len, config.text.eos_id);
+            padded.into_iter().map(|id| id as i64)
+        })
+        .collect();
+    let batch = TrainBatch {
+        pixels_pm1: pixels_pm1_from_u8(&pixels, 4, 8, &device),
+        text: Tensor::<2, Int>::from_data(TensorData::new(ids, [4, config.text.max_len]), &device),
+        text_mask: Tensor::ones([4, config.text.max_len], &device),
+    };
+    let mut trainer = Trainer::new(
+        JetFormer::new(&config, &device),
+        OptimizerConfig {
+            learning_rate: 3e-3,
+            total_steps: 300,
+            ..OptimizerConfig::default()
+        },
+    );
+    let mut rng = StdRng::seed_from_u64(0);
+    for _ in 0..300 {
+        let noise = StepNoise::evaluation(&config, 4, false, &mut rng, &device);
+        trainer.train_step(&batch, &noise);
+    }
+    trainer.model.valid()
+}
+
+#[test]
+fn overfitted_model_captions_and_ranks() {
+    let model = overfitted_model();
+    let images = fixture_images(4);
+    let captions = fixture_captions();
+    let generated = caption(&model, &images, &CaptionOptions::default()).expect("caption");
+    assert_eq!(generated, captions);
+    for (index, image) in images.iter().enumerate() {
+        let scores = score_captions(&model, image, &captions, 3).expect("score");
+        let best = (0..scores.len())
+            .max_by(|&a, &b| scores[a].total_cmp(&scores[b]))
+            .expect("scores");
+        assert_eq!(best, index, "scores {scores:?}");
+    }
+    let sampled = caption(
+        &model,
+        &images,
+        &CaptionOptions {
+            temperature: 0.5,
+            seed: 1,
+        },
+    )
+    .expect("caption");
+    assert_eq!(sampled.len(), 4);
+}
+
+#[test]
+fn bits_per_dim_is_repeatable_and_finite() {
+    let model = random_model();
+    let images = fixture_images(2);
+    let a = bits_per_dim(&model, &images, None, 0).expect("bpd");
+    let b = bits_per_dim(&model, &images, None, 0).expect("bpd");
+    let c = bits_per_dim(&model, &images, Some(&[1, 2]), 0).expect("bpd");
+    assert_eq!(a, b);
+    assert_eq!(a.len(), 2);
+    assert!(a.iter().chain(&c).all(|v| v.is_finite() && *v > 0.0));
+    assert_ne!(a, c, "the caption changes the likelihood");
+}
+
+#[test]
+fn interpolation_endpoints_are_the_inputs() {
+    let model = random_model();
+    let images = fixture_images(2);
+    for mode in [Interpolation::Linear, Interpolation::Spherical] {
+        let strip = interpolate(&model, &images[0], &images[1], 5, mode).expect("interpolate");
+        assert_eq!(strip.len(), 5);
+        for (got, expected) in [(&strip[0], &images[0]), (&strip[4], &images[1])] {
+            let max_diff = got
+                .as_raw()
+                .iter()
+                .zip(expected.as_raw())
+                .map(|(a, b)| a.abs_diff(*b))
+                .max()
+                .expect("pixels");
+            assert!(max_diff <= 1, "{mode:?}: endpoint differs by {max_diff}");
+        }
+        assert_ne!(strip[2].as_raw(), images[0].as_raw());
+    }
+    assert!(interpolate(&model, &images[0], &images[1], 1, Interpolation::Linear).is_err());
+    let decoded = infer::decode(&model, infer::encode(&model, &images).expect("encode"));
+    assert_eq!(decoded.len(), 2);
+}
