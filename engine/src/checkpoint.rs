@@ -115,3 +115,32 @@ pub fn load_weights(model: &mut JetFormer, bytes: Vec<u8>, path: &Path) -> Resul
     }
     Ok(())
 }
+
+/// A model with its tokenizer, as the app and the command line load it.
+#[derive(Debug)]
+pub struct Bundle {
+    /// The weights and config.
+    pub model: JetFormer,
+    /// The tokenizer and text settings.
+    pub text: crate::text::TextCodec,
+}
+
+/// Loads `config.json`, `model.safetensors` and `tokenizer.json` from `dir`.
+pub fn load_bundle(dir: &Path, device: &Device) -> Result<Bundle> {
+    if !dir.is_dir() {
+        return Err(Error::Io {
+            action: "could not open the model directory",
+            path: dir.to_path_buf(),
+            source: std::io::Error::new(std::io::ErrorKind::NotFound, "not a directory"),
+        });
+    }
+    let model = load(dir, device)?;
+    let text = crate::text::TextCodec::load(&dir.join(TOKENIZER_FILE), model.config.text.clone())?;
+    Ok(Bundle { model, text })
+}
+
+/// Saves weights, config and tokenizer into `dir`.
+pub fn save_bundle(model: &JetFormer, text: &crate::text::TextCodec, dir: &Path) -> Result<()> {
+    save(model, dir)?;
+    text.save(&dir.join(TOKENIZER_FILE))
+}

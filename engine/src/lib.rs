@@ -16,6 +16,7 @@ pub mod image;
 pub mod infer;
 pub mod loss;
 pub mod model;
+pub mod text;
 pub mod train;
 pub mod transformer;
 

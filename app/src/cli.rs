@@ -1,0 +1,402 @@
+//! Command-line interface: `generate`, `caption`, `rank`, `bpd`, `interpolate`.
+
+#![allow(clippy::print_stdout)]
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand};
+use image::RgbImage;
+use indicatif::{ProgressBar, ProgressStyle};
+use jetformer_engine::checkpoint::{Bundle, load_bundle};
+use jetformer_engine::image::{DecodeLimits, load_rgb};
+use jetformer_engine::infer::{
+    self, CancelToken, CaptionOptions, Event, GenerateOptions, Interpolation,
+};
+use jetformer_engine::{BackendChoice, ComputeDevice};
+use serde_json::json;
+
+/// JetFormer: text-to-image and image-to-text with one transformer and a normalizing flow.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+pub struct Cli {
+    /// Model directory with config.json, model.safetensors and tokenizer.json.
+    #[arg(long, global = true)]
+    model: Option<PathBuf>,
+    /// Compute backend: auto (a hardware GPU if there is one, else the CPU), gpu or cpu.
+    #[arg(long, global = true, default_value = "auto")]
+    device: BackendChoice,
+    /// Print results as JSON.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Option<Command>,
+}
+
+#[derive(Subcommand, Debug)]
+enum Command {
+    /// Generate images from a text prompt.
+    Generate {
+        /// The prompt.
+        #[arg(long)]
+        prompt: String,
+        /// Number of images; with more than one, files are numbered FILE-1.png, FILE-2.png, ...
+        #[arg(long, default_value_t = 1)]
+        count: usize,
+        /// Seed of the draws (the same seed gives the same images).
+        #[arg(long, default_value_t = 0)]
+        seed: u64,
+        /// Multiplies every mixture scale.
+        #[arg(long, default_value_t = 1.0)]
+        temperature: f64,
+        /// Multiplies the mixture logits.
+        #[arg(long, default_value_t = 1.0)]
+        mixture_temperature: f64,
+        /// Scale of the factored-out latent dims (0 sets them to zero).
+        #[arg(long, default_value_t = 1.0)]
+        noise_factor: f64,
+        /// Classifier-free guidance weight (0 turns guidance off).
+        #[arg(long, default_value_t = 0.0)]
+        guidance: f64,
+        /// Output PNG file.
+        #[arg(long)]
+        out: PathBuf,
+    },
+    /// Caption images.
+    Caption {
+        /// Image files.
+        #[arg(required = true)]
+        images: Vec<PathBuf>,
+    },
+    /// Rank candidate captions of an image by log-probability.
+    Rank {
+        /// Image file.
+        image: PathBuf,
+        /// Text file with one candidate caption per line.
+        #[arg(long)]
+        captions: PathBuf,
+        /// Number of captions to print.
+        #[arg(long, default_value_t = 5)]
+        top: usize,
+    },
+    /// Bits per dimension of images, unconditional or given a caption.
+    Bpd {
+        /// Image files.
+        #[arg(required = true)]
+        images: Vec<PathBuf>,
+        /// Caption to condition on.
+        #[arg(long)]
+        caption: Option<String>,
+    },
+    /// Decode a strip of images between two images through latent space.
+    Interpolate {
+        /// First image file.
+        first: PathBuf,
+        /// Second image file.
+        second: PathBuf,
+        /// Images in the strip, both ends included.
+        #[arg(long, default_value_t = 8)]
+        steps: usize,
+        /// Blend each token's latent on the sphere instead of linearly.
+        #[arg(long)]
+        spherical: bool,
+        /// Output PNG file (one row of images).
+        #[arg(long)]
+        out: PathBuf,
+    },
+}
+
+/// Default model directory: the bundled model in the source tree.
+fn default_model_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../assets/model")
+}
+
+pub fn run(cli: Cli) -> Result<()> {
+    let device = ComputeDevice::select(cli.device).context("could not open the compute device")?;
+    let Some(command) = cli.command else {
+        println!("jetformer {}", env!("CARGO_PKG_VERSION"));
+        println!("backend: {device}");
+        println!("The window is not built yet; see `jetformer --help` for the commands.");
+        return Ok(());
+    };
+    let model_dir = cli.model.clone().unwrap_or_else(default_model_dir);
+    let bundle = load_bundle(&model_dir, &device.device).with_context(|| {
+        format!(
+            "could not load the model in {}; pass --model DIR with config.json, \
+             model.safetensors and tokenizer.json",
+            model_dir.display()
+        )
+    })?;
+    log::info!("model {} on {device}", model_dir.display());
+    match command {
+        Command::Generate {
+            prompt,
+            count,
+            seed,
+            temperature,
+            mixture_temperature,
+            noise_factor,
+            guidance,
+            out,
+        } => {
+            let options = GenerateOptions {
+                count,
+                seed,
+                scale_temperature: temperature,
+                mixture_temperature,
+                noise_factor,
+                guidance,
+                preview_every: 0,
+            };
+            run_generate(&bundle, &prompt, &options, &out, cli.json)
+        }
+        Command::Caption { images } => run_caption(&bundle, &images, cli.json),
+        Command::Rank {
+            image,
+            captions,
+            top,
+        } => run_rank(&bundle, &image, &captions, top, cli.json),
+        Command::Bpd { images, caption } => run_bpd(&bundle, &images, caption.as_deref(), cli.json),
+        Command::Interpolate {
+            first,
+            second,
+            steps,
+            spherical,
+            out,
+        } => {
+            let mode = if spherical {
+                Interpolation::Spherical
+            } else {
+                Interpolation::Linear
+            };
+            run_interpolate(&bundle, &first, &second, steps, mode, &out)
+        }
+    }
+}
+
+fn check_png_path(out: &Path) -> Result<()> {
+    let is_png = out
+        .extension()
+        .is_some_and(|extension| extension.eq_ignore_ascii_case("png"));
+    if !is_png {
+        bail!("output {} must end in .png", out.display());
+    }
+    if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty())
+        && !parent.is_dir()
+    {
+        bail!(
+            "the folder {} does not exist; create it first",
+            parent.display()
+        );
+    }
+    Ok(())
+}
+
+/// Encodes a PNG in memory, then writes it atomically.
+fn save_png(image: &RgbImage, path: &Path) -> Result<()> {
+    let mut bytes = Vec::new();
+    image
+        .write_to(
+            &mut std::io::Cursor::new(&mut bytes),
+            image::ImageFormat::Png,
+        )
+        .context("could not encode the PNG")?;
+    jetformer_engine::checkpoint::write_atomically(path, &bytes)?;
+    Ok(())
+}
+
+fn numbered(out: &Path, index: usize, count: usize) -> PathBuf {
+    if count == 1 {
+        return out.to_path_buf();
+    }
+    let stem = out
+        .file_stem()
+        .map(|s| s.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    out.with_file_name(format!("{stem}-{}.png", index + 1))
+}
+
+fn run_generate(
+    bundle: &Bundle,
+    prompt: &str,
+    options: &GenerateOptions,
+    out: &Path,
+    json: bool,
+) -> Result<()> {
+    check_png_path(out)?;
+    options.validate()?;
+    let encoded = bundle.text.encode(prompt)?;
+    if encoded.truncated_tokens > 0 {
+        log::warn!(
+            "the prompt was cut to the model's {} tokens ({} tokens dropped)",
+            bundle.text.config().max_len,
+            encoded.truncated_tokens
+        );
+        eprintln!(
+            "warning: the prompt is longer than the model's {} tokens; {} tokens were dropped",
+            bundle.text.config().max_len,
+            encoded.truncated_tokens
+        );
+    }
+    let progress = ProgressBar::new(bundle.model.config.num_tokens() as u64);
+    progress.set_style(
+        ProgressStyle::with_template("{bar:40} {pos}/{len} tokens, {elapsed}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let sampling = infer::GenerateOptions {
+        preview_every: 1,
+        ..options.clone()
+    };
+    let images = infer::generate(
+        &bundle.model,
+        &encoded.ids,
+        &sampling,
+        &CancelToken::new(),
+        |event| {
+            if let Event::Preview { tokens_done, .. } = event {
+                progress.set_position(tokens_done as u64);
+            }
+        },
+    )?
+    .context("generation was cancelled")?;
+    progress.finish_and_clear();
+    let mut written = Vec::new();
+    for (index, image) in images.iter().enumerate() {
+        let path = numbered(out, index, images.len());
+        save_png(image, &path)?;
+        written.push(path.display().to_string());
+    }
+    if json {
+        println!("{}", json!({ "prompt": prompt, "files": written }));
+    } else {
+        for path in written {
+            println!("{path}");
+        }
+    }
+    Ok(())
+}
+
+fn load_images(bundle: &Bundle, paths: &[PathBuf]) -> Result<Vec<RgbImage>> {
+    let size = bundle.model.config.image.size as u32;
+    paths
+        .iter()
+        .map(|path| Ok(load_rgb(path, size, DecodeLimits::default())?))
+        .collect()
+}
+
+fn run_caption(bundle: &Bundle, paths: &[PathBuf], json: bool) -> Result<()> {
+    let images = load_images(bundle, paths)?;
+    let captions = infer::caption(&bundle.model, &images, &CaptionOptions::default())?;
+    let texts: Vec<String> = captions.iter().map(|ids| bundle.text.decode(ids)).collect();
+    if json {
+        let rows: Vec<_> = paths
+            .iter()
+            .zip(&texts)
+            .map(|(path, text)| json!({ "image": path.display().to_string(), "caption": text }))
+            .collect();
+        println!("{}", serde_json::Value::Array(rows));
+    } else {
+        for (path, text) in paths.iter().zip(&texts) {
+            println!("{}\t{text}", path.display());
+        }
+    }
+    Ok(())
+}
+
+fn run_rank(
+    bundle: &Bundle,
+    path: &Path,
+    captions_file: &Path,
+    top: usize,
+    json: bool,
+) -> Result<()> {
+    let text = std::fs::read_to_string(captions_file)
+        .with_context(|| format!("could not read {}", captions_file.display()))?;
+    let candidates: Vec<&str> = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect();
+    if candidates.is_empty() {
+        bail!(
+            "{} has no captions; write one per line",
+            captions_file.display()
+        );
+    }
+    let ids = candidates
+        .iter()
+        .map(|caption| Ok(bundle.text.encode(caption)?.ids))
+        .collect::<Result<Vec<_>>>()?;
+    let image = load_images(bundle, &[path.to_path_buf()])?.remove(0);
+    let scores = infer::score_captions(&bundle.model, &image, &ids, 64)?;
+    let mut order: Vec<usize> = (0..scores.len()).collect();
+    order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]));
+    let max = scores[order[0]];
+    let total: f64 = scores.iter().map(|s| (s - max).exp()).sum();
+    let ranked: Vec<(&str, f64, f64)> = order
+        .iter()
+        .take(top.max(1))
+        .map(|&i| (candidates[i], scores[i], (scores[i] - max).exp() / total))
+        .collect();
+    if json {
+        let rows: Vec<_> = ranked
+            .iter()
+            .map(|(caption, log_prob, probability)| {
+                json!({ "caption": caption, "log_prob": log_prob, "probability": probability })
+            })
+            .collect();
+        println!("{}", serde_json::Value::Array(rows));
+    } else {
+        for (caption, log_prob, probability) in ranked {
+            println!("{probability:.3}\t{log_prob:.2}\t{caption}");
+        }
+    }
+    Ok(())
+}
+
+fn run_bpd(bundle: &Bundle, paths: &[PathBuf], caption: Option<&str>, json: bool) -> Result<()> {
+    let images = load_images(bundle, paths)?;
+    let caption_ids = caption.map(|text| bundle.text.encode(text)).transpose()?;
+    let bits = infer::bits_per_dim(
+        &bundle.model,
+        &images,
+        caption_ids.as_ref().map(|e| e.ids.as_slice()),
+        0,
+    )?;
+    if json {
+        let rows: Vec<_> = paths
+            .iter()
+            .zip(&bits)
+            .map(
+                |(path, bits)| json!({ "image": path.display().to_string(), "bits_per_dim": bits }),
+            )
+            .collect();
+        println!("{}", serde_json::Value::Array(rows));
+    } else {
+        for (path, bits) in paths.iter().zip(&bits) {
+            println!("{}\t{bits:.4}", path.display());
+        }
+    }
+    Ok(())
+}
+
+fn run_interpolate(
+    bundle: &Bundle,
+    first: &Path,
+    second: &Path,
+    steps: usize,
+    mode: Interpolation,
+    out: &Path,
+) -> Result<()> {
+    check_png_path(out)?;
+    let images = load_images(bundle, &[first.to_path_buf(), second.to_path_buf()])?;
+    let strip = infer::interpolate(&bundle.model, &images[0], &images[1], steps, mode)?;
+    let size = bundle.model.config.image.size as u32;
+    let mut canvas = RgbImage::new(size * strip.len() as u32, size);
+    for (index, image) in strip.iter().enumerate() {
+        image::imageops::replace(&mut canvas, image, i64::from(size) * index as i64, 0);
+    }
+    save_png(&canvas, out)?;
+    println!("{}", out.display());
+    Ok(())
+}

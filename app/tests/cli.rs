@@ -1,0 +1,318 @@
+//! The `jetformer` command line end to end on a tiny model written by the test: every
+//! command once, and a table of bad inputs that must fail with one clear sentence.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+
+use burn::tensor::Device;
+use image::RgbImage;
+use jetformer_engine::checkpoint::save_bundle;
+use jetformer_engine::config::TextConfig;
+use jetformer_engine::text::{TextCodec, train_tokenizer};
+use jetformer_engine::{JetFormer, JetFormerConfig};
+
+const CAPTIONS: [&str; 4] = ["red square", "blue circle", "green stripes", "yellow star"];
+
+struct Fixture {
+    dir: PathBuf,
+}
+
+impl Fixture {
+    fn new(name: &str) -> Self {
+        let dir = std::env::temp_dir().join(format!("jetformer-cli-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(dir.join("model")).expect("create");
+        let tokenizer = train_tokenizer(&CAPTIONS, 280).expect("tokenizer");
+        let vocab = tokenizer.get_vocab_size(true);
+        let mut config = JetFormerConfig::tiny();
+        config.text = TextConfig {
+            vocab_size: vocab + 4,
+            max_len: 6,
+            bos_id: vocab,
+            boi_id: vocab + 1,
+            nolabel_id: vocab + 2,
+            eos_id: vocab + 3,
+        };
+        config.validate().expect("config");
+        let model = JetFormer::new(&config, &Device::flex());
+        let text = TextCodec::new(tokenizer, config.text.clone()).expect("codec");
+        save_bundle(&model, &text, &dir.join("model")).expect("save");
+        for (index, color) in [[200u8, 30, 30], [30, 30, 200]].iter().enumerate() {
+            RgbImage::from_pixel(40, 24, image::Rgb(*color))
+                .save(dir.join(format!("image{index}.png")))
+                .expect("png");
+        }
+        std::fs::write(dir.join("captions.txt"), CAPTIONS.join("\n")).expect("captions");
+        Self { dir }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    fn run(&self, args: &[&str]) -> Output {
+        let mut command = Command::new(env!("CARGO_BIN_EXE_jetformer"));
+        command.args(["--device", "cpu"]);
+        if !args.contains(&"--model") {
+            command.arg("--model").arg(self.path("model"));
+        }
+        command.args(args).output().expect("run jetformer")
+    }
+}
+
+fn text(bytes: &[u8]) -> String {
+    String::from_utf8_lossy(bytes).into_owned()
+}
+
+fn p(path: &Path) -> &str {
+    path.to_str().expect("utf-8 path")
+}
+
+#[test]
+fn every_command_runs() {
+    let fixture = Fixture::new("commands");
+    let out = fixture.path("out.png");
+    let generated = fixture.run(&[
+        "generate",
+        "--prompt",
+        "red square",
+        "--seed",
+        "3",
+        "--out",
+        p(&out),
+    ]);
+    assert!(generated.status.success(), "{}", text(&generated.stderr));
+    let first = std::fs::read(&out).expect("png written");
+    let again = fixture.run(&[
+        "generate",
+        "--prompt",
+        "red square",
+        "--seed",
+        "3",
+        "--out",
+        p(&out),
+    ]);
+    assert!(again.status.success());
+    assert_eq!(
+        std::fs::read(&out).expect("png"),
+        first,
+        "same seed, same bytes"
+    );
+
+    let many = fixture.run(&[
+        "generate",
+        "--prompt",
+        "blue",
+        "--count",
+        "2",
+        "--guidance",
+        "2",
+        "--out",
+        p(&fixture.path("many.png")),
+    ]);
+    assert!(many.status.success(), "{}", text(&many.stderr));
+    assert!(fixture.path("many-1.png").exists());
+    assert!(fixture.path("many-2.png").exists());
+
+    let image0 = fixture.path("image0.png");
+    let image1 = fixture.path("image1.png");
+    let caption = fixture.run(&["--json", "caption", p(&image0), p(&image1)]);
+    assert!(caption.status.success(), "{}", text(&caption.stderr));
+    let rows: serde_json::Value = serde_json::from_slice(&caption.stdout).expect("json");
+    assert_eq!(rows.as_array().map(Vec::len), Some(2));
+
+    let rank = fixture.run(&[
+        "--json",
+        "rank",
+        p(&image0),
+        "--captions",
+        p(&fixture.path("captions.txt")),
+        "--top",
+        "3",
+    ]);
+    assert!(rank.status.success(), "{}", text(&rank.stderr));
+    let rows: serde_json::Value = serde_json::from_slice(&rank.stdout).expect("json");
+    assert_eq!(rows.as_array().map(Vec::len), Some(3));
+
+    let bpd = fixture.run(&["--json", "bpd", p(&image0), "--caption", "red square"]);
+    assert!(bpd.status.success(), "{}", text(&bpd.stderr));
+    let rows: serde_json::Value = serde_json::from_slice(&bpd.stdout).expect("json");
+    let bits = rows[0]["bits_per_dim"].as_f64().expect("number");
+    assert!(bits.is_finite());
+    assert!(bits > 0.0);
+
+    let strip = fixture.path("strip.png");
+    let interpolate = fixture.run(&[
+        "interpolate",
+        p(&image0),
+        p(&image1),
+        "--steps",
+        "4",
+        "--out",
+        p(&strip),
+    ]);
+    assert!(
+        interpolate.status.success(),
+        "{}",
+        text(&interpolate.stderr)
+    );
+    let strip = image::open(&strip).expect("strip");
+    assert_eq!((strip.width(), strip.height()), (32, 8));
+
+    let long = fixture.run(&[
+        "generate",
+        "--prompt",
+        &"red square ".repeat(10),
+        "--out",
+        p(&fixture.path("long.png")),
+    ]);
+    assert!(long.status.success(), "{}", text(&long.stderr));
+    assert!(text(&long.stderr).contains("tokens were dropped"));
+}
+
+#[test]
+fn bad_inputs_fail_with_a_message() {
+    let fixture = Fixture::new("errors");
+    std::fs::write(fixture.path("notes.txt"), "not an image").expect("write");
+    let good = std::fs::read(fixture.path("image0.png")).expect("read");
+    std::fs::write(fixture.path("truncated.png"), &good[..good.len() / 2]).expect("write");
+    RgbImage::new(17_000, 1)
+        .save(fixture.path("wide.png"))
+        .expect("png");
+    let broken_model = fixture.path("broken");
+    std::fs::create_dir_all(&broken_model).expect("dir");
+    std::fs::copy(
+        fixture.path("model/config.json"),
+        broken_model.join("config.json"),
+    )
+    .expect("copy");
+    std::fs::write(broken_model.join("model.safetensors"), b"garbage").expect("write");
+    std::fs::copy(
+        fixture.path("model/tokenizer.json"),
+        broken_model.join("tokenizer.json"),
+    )
+    .expect("copy");
+    let no_tokenizer = fixture.path("no-tokenizer");
+    std::fs::create_dir_all(&no_tokenizer).expect("dir");
+    for file in ["config.json", "model.safetensors"] {
+        std::fs::copy(fixture.path("model").join(file), no_tokenizer.join(file)).expect("copy");
+    }
+
+    let out = fixture.path("never.png");
+    let missing = fixture.path("missing.png");
+    let cases: Vec<(Vec<String>, &str)> = vec![
+        (vec!["caption".into(), p(&missing).into()], "missing.png"),
+        (
+            vec!["caption".into(), p(&fixture.path("notes.txt")).into()],
+            "not an image",
+        ),
+        (
+            vec!["caption".into(), p(&fixture.path("truncated.png")).into()],
+            "could not decode",
+        ),
+        (
+            vec!["bpd".into(), p(&fixture.path("wide.png")).into()],
+            "decoding limits",
+        ),
+        (
+            vec![
+                "generate".into(),
+                "--prompt".into(),
+                "".into(),
+                "--out".into(),
+                p(&out).into(),
+            ],
+            "empty",
+        ),
+        (
+            vec![
+                "generate".into(),
+                "--prompt".into(),
+                "   ".into(),
+                "--out".into(),
+                p(&out).into(),
+            ],
+            "empty",
+        ),
+        (
+            vec![
+                "generate".into(),
+                "--prompt".into(),
+                "red\u{7}".into(),
+                "--out".into(),
+                p(&out).into(),
+            ],
+            "control character",
+        ),
+        (
+            vec![
+                "generate".into(),
+                "--prompt".into(),
+                "red".into(),
+                "--out".into(),
+                p(&fixture.path("x.jpg")).into(),
+            ],
+            ".png",
+        ),
+        (
+            vec![
+                "generate".into(),
+                "--prompt".into(),
+                "red".into(),
+                "--temperature".into(),
+                "0".into(),
+                "--out".into(),
+                p(&out).into(),
+            ],
+            "temperature",
+        ),
+        (
+            vec![
+                "--model".into(),
+                p(&fixture.path("nowhere")).into(),
+                "caption".into(),
+                p(&fixture.path("image0.png")).into(),
+            ],
+            "nowhere",
+        ),
+        (
+            vec![
+                "--model".into(),
+                p(&broken_model).into(),
+                "caption".into(),
+                p(&fixture.path("image0.png")).into(),
+            ],
+            "model.safetensors",
+        ),
+        (
+            vec![
+                "--model".into(),
+                p(&no_tokenizer).into(),
+                "caption".into(),
+                p(&fixture.path("image0.png")).into(),
+            ],
+            "tokenizer",
+        ),
+        (
+            vec![
+                "rank".into(),
+                p(&fixture.path("image0.png")).into(),
+                "--captions".into(),
+                p(&missing).into(),
+            ],
+            "missing.png",
+        ),
+    ];
+    for (args, expected) in cases {
+        let args: Vec<&str> = args.iter().map(String::as_str).collect();
+        let output = fixture.run(&args);
+        let stderr = text(&output.stderr);
+        assert!(!output.status.success(), "{args:?} succeeded");
+        assert!(
+            stderr.contains(expected),
+            "{args:?}: expected '{expected}' in: {stderr}"
+        );
+        assert!(!stderr.contains("panicked"), "{args:?} panicked: {stderr}");
+    }
+    assert!(!out.exists(), "a failed command left an output file");
+}
