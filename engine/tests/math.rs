@@ -135,7 +135,7 @@ fn log_det_matches_numerical_jacobian() {
     let (num_tokens, token_dim) = (config.num_tokens(), config.token_dim());
     let n = num_tokens * token_dim;
     let x0: Vec<f32> = to_vec(random_tokens(&config, 1));
-    let eps = 1e-2f32;
+    let eps = 3e-3f32;
     // Batch of 2n perturbed inputs: +eps and -eps along each coordinate.
     let mut batch = Vec::with_capacity(2 * n * n);
     for i in 0..n {
@@ -163,8 +163,10 @@ fn log_det_matches_numerical_jacobian() {
     let x = Tensor::<3>::from_data(TensorData::new(x0, [1, num_tokens, token_dim]), &cpu());
     let analytic = to_vec(flow.forward(x).1)[0] as f64;
     assert!(analytic.abs() > 0.1, "log-det {analytic} too small to test");
+    // f32 central differences leave about 0.5% of error in the log-det.
+    let tolerance = 5e-3 * analytic.abs().max(1.0);
     assert!(
-        (numerical - analytic).abs() < 2e-2,
+        (numerical - analytic).abs() < tolerance,
         "numerical {numerical} vs analytic {analytic}"
     );
 }
