@@ -1,4 +1,5 @@
-//! Command-line interface: `generate`, `caption`, `rank`, `bpd`, `interpolate`.
+//! Command-line interface: `generate`, `caption`, `rank`, `bpd`, `interpolate` over a trained
+//! model; `data`, `train` and `eval` build datasets and models; `bench` times the model.
 
 #![allow(clippy::print_stdout)]
 
@@ -104,20 +105,38 @@ enum Command {
         #[arg(long)]
         out: PathBuf,
     },
+    /// Build a dataset.
+    Data {
+        #[command(subcommand)]
+        source: crate::training::DataSource,
+    },
+    /// Train a model on a dataset folder (images + metadata.jsonl).
+    Train(crate::training::TrainArgs),
+    /// Evaluate a model on a dataset split and write the results as JSON.
+    Eval(crate::training::EvalArgs),
+    /// Time generation, captioning, bits/dim and the flow on this machine.
+    Bench(crate::bench::BenchArgs),
 }
 
 /// Default model directory: the bundled model in the source tree.
-fn default_model_dir() -> PathBuf {
+pub fn default_model_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../assets/model")
 }
 
 pub fn run(cli: Cli) -> Result<()> {
+    if let Some(Command::Data { source }) = cli.command {
+        return crate::training::run_data(source, cli.json);
+    }
     let device = ComputeDevice::select(cli.device).context("could not open the compute device")?;
     let Some(command) = cli.command else {
         println!("jetformer {}", env!("CARGO_PKG_VERSION"));
         println!("backend: {device}");
         println!("The window is not built yet; see `jetformer --help` for the commands.");
         return Ok(());
+    };
+    let command = match command {
+        Command::Train(args) => return crate::training::run_train(args, &device),
+        other => other,
     };
     let model_dir = cli.model.clone().unwrap_or_else(default_model_dir);
     let bundle = load_bundle(&model_dir, &device.device).with_context(|| {
@@ -171,6 +190,9 @@ pub fn run(cli: Cli) -> Result<()> {
             };
             run_interpolate(&bundle, &first, &second, steps, mode, &out)
         }
+        Command::Eval(args) => crate::training::run_eval(&bundle, &model_dir, &args, cli.json),
+        Command::Bench(args) => crate::bench::run_bench(&bundle, &args, &device, cli.json),
+        Command::Data { .. } | Command::Train(_) => Ok(()),
     }
 }
 
@@ -193,16 +215,8 @@ fn check_png_path(out: &Path) -> Result<()> {
 }
 
 /// Encodes a PNG in memory, then writes it atomically.
-fn save_png(image: &RgbImage, path: &Path) -> Result<()> {
-    let mut bytes = Vec::new();
-    image
-        .write_to(
-            &mut std::io::Cursor::new(&mut bytes),
-            image::ImageFormat::Png,
-        )
-        .context("could not encode the PNG")?;
-    jetformer_engine::checkpoint::write_atomically(path, &bytes)?;
-    Ok(())
+pub fn save_png(image: &RgbImage, path: &Path) -> Result<()> {
+    Ok(jetformer_engine::image::save_png(image, path)?)
 }
 
 fn numbered(out: &Path, index: usize, count: usize) -> PathBuf {

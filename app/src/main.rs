@@ -1,21 +1,60 @@
-//! The `jetformer` executable: headless commands over the engine's inference calls. The
-//! desktop window will open when no command is given; until then that prints the backend.
+//! The `jetformer` executable: with no command it opens the desktop window; with a command it
+//! runs that command headless over the engine's inference calls.
 
+mod bench;
 mod cli;
+mod plot;
+mod training;
 
-use clap::Parser;
+use std::path::PathBuf;
+
+use clap::{CommandFactory, FromArgMatches};
+use jetformer::gui::{self, LaunchOptions};
+use jetformer_engine::BackendChoice;
 
 fn main() -> std::process::ExitCode {
     env_logger::Builder::from_env(
         env_logger::Env::default().default_filter_or("warn,wgpu=error,naga=error"),
     )
     .init();
-    let args = cli::Cli::parse();
-    match cli::run(args) {
+    let matches = cli::Cli::command().get_matches();
+    let result = if matches.subcommand().is_none() {
+        // The global `--model` and `--device` flags apply to the window too.
+        gui::run(LaunchOptions {
+            model_dir: matches.get_one::<PathBuf>("model").cloned(),
+            backend: matches
+                .get_one::<BackendChoice>("device")
+                .copied()
+                .unwrap_or_default(),
+        })
+    } else {
+        match cli::Cli::from_arg_matches(&matches) {
+            Ok(args) => cli::run(args),
+            Err(error) => error.exit(),
+        }
+    };
+    match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("error: {error:#}");
+            eprintln!("error: {}", error_message(&error));
             std::process::ExitCode::FAILURE
         }
     }
+}
+
+/// Joins the error and its causes with ": ", leaving out a cause whose text the message
+/// already contains (engine errors print their source themselves).
+fn error_message(error: &anyhow::Error) -> String {
+    let mut message = String::new();
+    for cause in error.chain() {
+        let text = cause.to_string();
+        if message.contains(&text) {
+            continue;
+        }
+        if !message.is_empty() {
+            message.push_str(": ");
+        }
+        message.push_str(&text);
+    }
+    message
 }

@@ -212,7 +212,7 @@ impl JetFormer {
         self.decoder.prefill(x, input_mask)
     }
 
-    /// Appends one embedded token. See [`Decoder::extend`].
+    /// Appends embedded tokens. See [`Decoder::extend`].
     pub fn extend(&self, x: Tensor<3>, cache: &mut KvCache) -> Tensor<3> {
         self.decoder.extend(x, cache)
     }

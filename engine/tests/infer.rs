@@ -299,3 +299,55 @@ fn interpolation_endpoints_are_the_inputs() {
     let decoded = infer::decode(&model, infer::encode(&model, &images).expect("encode"));
     assert_eq!(decoded.len(), 2);
 }
+
+#[test]
+fn caption_scores_match_full_pass() {
+    use burn::tensor::activation::log_softmax;
+    use jetformer_engine::loss::split_latents;
+    use jetformer_engine::model::SequenceInputs;
+
+    let model = random_model();
+    let config = model.config.clone();
+    let image = RgbImage::from_fn(8, 8, |x, y| {
+        image::Rgb([(x * 30) as u8, (y * 30) as u8, 90])
+    });
+    // Lengths 0 to the model's text length, scored in batches that mix lengths.
+    let captions: Vec<Vec<usize>> = vec![
+        vec![],
+        vec![3, 1],
+        vec![5],
+        vec![2, 4, 6, 8, 1, 0],
+        vec![7, 7, 7],
+    ];
+    let scores = score_captions(&model, &image, &captions, 2).expect("score");
+
+    let device = Device::flex();
+    let (soft_tokens, _) = split_latents(
+        &config,
+        infer::encode(&model, std::slice::from_ref(&image)).expect("encode"),
+    );
+    let text_len = config.text.max_len;
+    for (caption, score) in captions.iter().zip(&scores) {
+        let mut ids: Vec<i64> = caption.iter().map(|&id| id as i64).collect();
+        ids.resize(text_len, config.text.eos_id as i64);
+        let text = Tensor::<2, Int>::from_data(TensorData::new(ids, [1, text_len]), &device);
+        let outputs = model.forward_sequence(&SequenceInputs {
+            text: text.clone(),
+            text_mask: Tensor::ones([1, text_len], &device),
+            soft_tokens: soft_tokens.clone(),
+            text_first: Tensor::zeros([1], &device),
+            drop_prefix: Tensor::zeros([1], &device),
+        });
+        let log_probs: Vec<f32> = log_softmax(outputs.text_logits, 2)
+            .gather(2, text.reshape([1, text_len, 1]))
+            .into_data()
+            .iter::<f32>()
+            .collect();
+        // The caption and its first EOS.
+        let expected: f32 = log_probs[..(caption.len() + 1).min(text_len)].iter().sum();
+        assert!(
+            (f64::from(expected) - score).abs() < 1e-3,
+            "caption {caption:?}: cached score {score}, full pass {expected}"
+        );
+    }
+}

@@ -117,6 +117,20 @@ pub fn unpatchify(tokens: Tensor<3>, patch: usize) -> Tensor<4> {
         .reshape([batch, side * patch, side * patch, channels])
 }
 
+/// Encodes `image` as PNG in memory, then writes it atomically.
+pub fn save_png(image: &image::RgbImage, path: &std::path::Path) -> crate::error::Result<()> {
+    let mut bytes = Vec::new();
+    image
+        .write_to(
+            &mut std::io::Cursor::new(&mut bytes),
+            image::ImageFormat::Png,
+        )
+        .map_err(|error| {
+            crate::error::Error::Input(format!("could not encode {}: {error}", path.display()))
+        })?;
+    crate::checkpoint::write_atomically(path, &bytes)
+}
+
 #[cfg(test)]
 mod tests {
     use burn::tensor::Distribution;

@@ -1,5 +1,11 @@
 //! One optimisation step: loss, backward, global-norm gradient clipping, AdamW with a cosine
-//! schedule and linear warmup (paper section 7).
+//! schedule and linear warmup (paper section 7); datasets, EMA and whole runs in submodules.
+
+pub mod data;
+pub mod ema;
+pub mod emoji;
+pub mod eval;
+pub mod run;
 
 use burn::module::{Module, ModuleVisitor, Param};
 use burn::optim::{AdamWConfig, GradientsParams, ModuleOptimizer};

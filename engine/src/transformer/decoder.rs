@@ -77,34 +77,53 @@ impl Decoder {
         (self.final_norm.forward(h), cache)
     }
 
-    /// Appends one token to the cache and returns its output.
+    /// Appends `tokens` embedded tokens per example to the cache and returns their outputs.
+    /// Each new token attends to the valid cached positions and to the new tokens before it.
     ///
     /// # Shapes
-    /// - `x`: `[batch, 1, width]`
-    /// - output: `[batch, 1, width]`
+    /// - `x`: `[batch, tokens, width]`, with `batch` equal to the cache's
+    /// - output: `[batch, tokens, width]`
     pub fn extend(&self, x: Tensor<3>, cache: &mut KvCache) -> Tensor<3> {
-        let [batch, _, _] = x.dims();
+        let [batch, tokens, _] = x.dims();
         let device = x.device();
+        let offsets = Tensor::<1, Int>::arange(0..tokens as i64, &device).reshape([1, tokens]);
         let rotary = Rotary::new(
-            cache.next_position.clone(),
+            cache.next_position.clone() + offsets,
             self.head_dim,
             self.rope_max_wavelength,
         );
+        let cached = cache.key_valid.clone();
+        let [_, cached_len] = cached.dims();
         cache.key_valid = Tensor::cat(
-            vec![cache.key_valid.clone(), Tensor::ones([batch, 1], &device)],
+            vec![cached.clone(), Tensor::ones([batch, tokens], &device)],
             1,
         );
-        let [_, total_len] = cache.key_valid.dims();
-        let bias = masked_bias(cache.key_valid.clone().reshape([batch, 1, 1, total_len]));
+        let allowed = if tokens == 1 {
+            cache
+                .key_valid
+                .clone()
+                .reshape([batch, 1, 1, cached_len + 1])
+        } else {
+            let causal: Tensor<2> = Tensor::ones([tokens, tokens], &device).tril(0);
+            Tensor::cat(
+                vec![
+                    cached
+                        .reshape([batch, 1, 1, cached_len])
+                        .repeat_dim(2, tokens),
+                    causal.reshape([1, 1, tokens, tokens]).repeat_dim(0, batch),
+                ],
+                3,
+            )
+        };
+        let bias = masked_bias(allowed);
         let mut h = x;
         for (block, slot) in self.blocks.iter().zip(cache.layers.iter_mut()) {
             h = block.forward(h, &rotary, bias.clone(), Some(slot));
         }
-        cache.next_position = cache.next_position.clone() + 1;
+        cache.next_position = cache.next_position.clone() + tokens as i64;
         self.final_norm.forward(h)
     }
 
-    /// Rotary tables and the causal, padding-aware attention bias of a prefix.
     fn prefix_inputs(&self, input_mask: &Tensor<2>) -> (Rotary, Tensor<4>) {
         let [batch, seq_len] = input_mask.dims();
         let device = input_mask.device();

@@ -1,0 +1,398 @@
+//! Headless `data`, `train` and `eval` commands.
+
+#![allow(clippy::print_stdout)]
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use anyhow::{Context, Result, bail};
+use clap::{Args, Subcommand};
+use indicatif::{ProgressBar, ProgressStyle};
+use jetformer_engine::checkpoint::{Bundle, write_atomically};
+use jetformer_engine::text::{TextCodec, train_tokenizer};
+use jetformer_engine::train::OptimizerConfig;
+use jetformer_engine::train::data::{Dataset, split_dir};
+use jetformer_engine::train::emoji;
+use jetformer_engine::train::eval::{EvalOptions, evaluate};
+use jetformer_engine::train::run::{METRICS_FILE, Report, Run, RunConfig, TrainingData};
+use jetformer_engine::{ComputeDevice, JetFormer, JetFormerConfig};
+use serde_json::json;
+
+/// Datasets that `jetformer data` builds.
+#[derive(Subcommand, Debug)]
+pub enum DataSource {
+    /// Emoji in three art styles from the npm packages that
+    /// scripts/fetch-emoji-packages.sh downloads.
+    Emoji {
+        /// Folder with the unpacked packages.
+        #[arg(long)]
+        packages: PathBuf,
+        /// Output folder; `train/` and `test/` are written inside it.
+        #[arg(long)]
+        out: PathBuf,
+        /// Side of the images in pixels.
+        #[arg(long, default_value_t = 32)]
+        size: u32,
+    },
+}
+
+/// Arguments of `jetformer train`.
+#[derive(Args, Debug)]
+pub struct TrainArgs {
+    /// Dataset folder: metadata.jsonl and images, or `train/` and `test/` folders with them.
+    #[arg(long)]
+    data: PathBuf,
+    /// Output folder for the model, checkpoints, metrics and samples.
+    #[arg(long)]
+    out: PathBuf,
+    /// Continue the run in --out from its latest checkpoint (its settings are kept).
+    #[arg(long)]
+    resume: bool,
+    /// Model size: `small` (32 x 32 images) or `tiny` (8 x 8, for tests).
+    #[arg(long, default_value = "small")]
+    preset: String,
+    /// Steps of the whole run (the cosine schedule ends here).
+    #[arg(long, default_value_t = 10_000)]
+    steps: usize,
+    /// Examples per step.
+    #[arg(long, default_value_t = 32)]
+    batch_size: usize,
+    /// Peak learning rate.
+    #[arg(long, default_value_t = 3e-4)]
+    learning_rate: f64,
+    /// Seed of the weights, data order, caption draws and noise.
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    /// Steps between checkpoints.
+    #[arg(long, default_value_t = 250)]
+    checkpoint_every: usize,
+    /// Checkpoints kept.
+    #[arg(long, default_value_t = 3)]
+    keep_checkpoints: usize,
+    /// Steps between held-out evaluations and sample grids (0: never).
+    #[arg(long, default_value_t = 500)]
+    eval_every: usize,
+    /// Tokenizer vocabulary size (byte-level BPE trained on the captions).
+    #[arg(long, default_value_t = 1024)]
+    vocab_size: usize,
+    /// Prompt of the sample grids; repeat for several (default: the first held-out names).
+    #[arg(long = "sample-prompt")]
+    sample_prompts: Vec<String>,
+    /// Stop after this many steps of this invocation (the run can be resumed later).
+    #[arg(long)]
+    max_steps: Option<usize>,
+}
+
+/// Arguments of `jetformer eval`.
+#[derive(Args, Debug)]
+pub struct EvalArgs {
+    /// Dataset folder with `train/` and the evaluated split.
+    #[arg(long)]
+    data: PathBuf,
+    /// Split to evaluate.
+    #[arg(long, default_value = "test")]
+    split: String,
+    /// Held-out images used for caption ranking and captioning (default: all).
+    #[arg(long)]
+    limit: Option<usize>,
+    /// Held-out concepts generated for prompt fidelity (default: all).
+    #[arg(long)]
+    prompt_limit: Option<usize>,
+    /// JSON file for the results (default: eval-SPLIT.json in the model folder).
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+pub fn run_data(source: DataSource, json: bool) -> Result<()> {
+    let DataSource::Emoji {
+        packages,
+        out,
+        size,
+    } = source;
+    if !(8..=256).contains(&size) {
+        bail!("--size is {size}; use a side between 8 and 256 pixels");
+    }
+    let summary = emoji::build(&packages, &out, size)?;
+    if json {
+        println!(
+            "{}",
+            json!({
+                "concepts": summary.concepts,
+                "train_images": summary.train_images,
+                "test_images": summary.test_images,
+                "per_style": { "noto": summary.per_style[0], "twitter": summary.per_style[1],
+                               "3d": summary.per_style[2] },
+                "unreadable": summary.unreadable,
+            })
+        );
+    } else {
+        println!(
+            "{} concepts, {} training and {} held-out images (noto {}, twitter {}, 3d {}; {} \
+             unreadable) in {}",
+            summary.concepts,
+            summary.train_images,
+            summary.test_images,
+            summary.per_style[0],
+            summary.per_style[1],
+            summary.per_style[2],
+            summary.unreadable,
+            out.display()
+        );
+    }
+    Ok(())
+}
+
+fn load_split(data: &Path, split: &str, size: usize) -> Result<Dataset> {
+    let dir = split_dir(data, split)?;
+    let dataset = Dataset::load(&dir, size)?;
+    if dataset.skipped > 0 {
+        eprintln!(
+            "warning: {} rows of {} were skipped:",
+            dataset.skipped,
+            dir.display()
+        );
+        for reason in &dataset.reasons {
+            eprintln!("  {reason}");
+        }
+    }
+    Ok(dataset)
+}
+
+fn concept_names(datasets: &[&Dataset]) -> Vec<String> {
+    let mut names: Vec<String> = datasets
+        .iter()
+        .flat_map(|dataset| dataset.examples.iter().map(|e| e.concept().to_string()))
+        .collect();
+    names.sort();
+    names.dedup();
+    names
+}
+
+pub fn run_train(args: TrainArgs, device: &ComputeDevice) -> Result<()> {
+    let preset = JetFormerConfig::preset(&args.preset)?;
+    let size = preset.image.size;
+    let train = load_split(&args.data, "train", size)?;
+    let test = split_dir(&args.data, "test")
+        .ok()
+        .map(|dir| Dataset::load(&dir, size))
+        .transpose()?;
+    let mut datasets = vec![&train];
+    datasets.extend(test.as_ref());
+    let concepts = concept_names(&datasets);
+
+    let mut run = if args.resume {
+        let config = JetFormerConfig::load(&args.out.join("config.json"))
+            .context("--resume needs a run started in --out")?;
+        let text = TextCodec::load(&args.out.join("tokenizer.json"), config.text.clone())?;
+        let train_data = TrainingData::new(&train, &text)?;
+        let held_out = test
+            .as_ref()
+            .map(|test| TrainingData::new(test, &text))
+            .transpose()?;
+        Run::resume(&args.out, train_data, held_out, concepts, &device.device)?
+    } else {
+        if args.out.join("run.json").exists() {
+            bail!(
+                "{} already contains a run; pass --resume to continue it or choose another --out",
+                args.out.display()
+            );
+        }
+        let tokenizer = train_tokenizer(&train.caption_corpus(), args.vocab_size)?;
+        let vocab = tokenizer.get_vocab_size(true);
+        // The text ids follow the tokenizer: its vocabulary, then BOS, BOI, NOLABEL, EOS.
+        let mut config = preset;
+        config.text.vocab_size = vocab + 4;
+        config.text.bos_id = vocab;
+        config.text.boi_id = vocab + 1;
+        config.text.nolabel_id = vocab + 2;
+        config.text.eos_id = vocab + 3;
+        config.name = args
+            .out
+            .file_name()
+            .map(|name| name.to_string_lossy().into_owned())
+            .unwrap_or_else(|| config.name.clone());
+        let text = TextCodec::new(tokenizer, config.text.clone())?;
+        let train_data = TrainingData::new(&train, &text)?;
+        let held_out = test
+            .as_ref()
+            .map(|test| TrainingData::new(test, &text))
+            .transpose()?;
+        let sample_prompts = if args.sample_prompts.is_empty() {
+            let source = test.as_ref().unwrap_or(&train);
+            concept_names(&[source])
+                .into_iter()
+                .step_by(37)
+                .take(8)
+                .collect()
+        } else {
+            args.sample_prompts.clone()
+        };
+        let settings = RunConfig {
+            batch_size: args.batch_size,
+            seed: args.seed,
+            checkpoint_every: args.checkpoint_every,
+            keep_checkpoints: args.keep_checkpoints,
+            eval_every: args.eval_every,
+            sample_prompts,
+            optimizer: OptimizerConfig {
+                learning_rate: args.learning_rate,
+                total_steps: args.steps,
+                ..OptimizerConfig::default()
+            },
+            ..RunConfig::default()
+        };
+        device.device.seed(args.seed);
+        let model = JetFormer::new(&config, &device.device.clone().autodiff());
+        Run::start(
+            model,
+            settings,
+            text,
+            train_data,
+            held_out,
+            concepts,
+            &args.out,
+            &device.device,
+        )?
+    };
+
+    let stop = Arc::new(AtomicBool::new(false));
+    let handler_stop = Arc::clone(&stop);
+    ctrlc::set_handler(move || {
+        if handler_stop.swap(true, Ordering::SeqCst) {
+            // A second Ctrl-C ends at once; the last checkpoint stays intact.
+            std::process::exit(130);
+        }
+        eprintln!("\nstopping after this step and writing a checkpoint (Ctrl-C again to quit)");
+    })
+    .context("could not install the Ctrl-C handler")?;
+
+    let limit = args.max_steps.map(|steps| run.trainer.step + steps);
+    let bar = ProgressBar::new(run.settings.optimizer.total_steps as u64);
+    bar.set_style(
+        ProgressStyle::with_template(
+            "{bar:30} {pos}/{len} steps  {msg}  [{elapsed_precise} < {eta_precise}]",
+        )
+        .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let out = args.out.clone();
+    let mut held_out_bits = f64::NAN;
+    let mut smoothed_rate = 0.0;
+    run.run(&stop, |report| match report {
+        Report::Started {
+            step,
+            total,
+            examples,
+        } => {
+            bar.set_position(step as u64);
+            bar.println(format!(
+                "training {examples} examples from step {step} to {total} on {device}"
+            ));
+        }
+        Report::Step(metrics) => {
+            smoothed_rate = if smoothed_rate == 0.0 {
+                metrics.images_per_second
+            } else {
+                0.9 * smoothed_rate + 0.1 * metrics.images_per_second
+            };
+            bar.set_position(metrics.step as u64);
+            bar.set_message(format!(
+                "{smoothed_rate:.1} img/s  image {:.3} bits/dim  text {:.3} nats  held-out {:.3}",
+                metrics.loss.image_bits_per_dim, metrics.loss.text_nats_per_token, held_out_bits
+            ));
+            if limit.is_some_and(|limit| metrics.step >= limit) {
+                stop.store(true, Ordering::SeqCst);
+            }
+        }
+        Report::Evaluated {
+            held_out_bits_per_dim,
+            ..
+        } => held_out_bits = held_out_bits_per_dim,
+        Report::Samples { path } => bar.println(format!("samples: {}", path.display())),
+        Report::Checkpoint { step, path } => {
+            if let Err(error) =
+                crate::plot::plot_metrics(&out.join(METRICS_FILE), &out.join("curves.png"))
+            {
+                bar.println(format!("warning: could not plot the metrics: {error:#}"));
+            }
+            bar.println(format!("checkpoint at step {step}: {}", path.display()));
+        }
+    })?;
+    bar.finish_and_clear();
+    println!(
+        "model written to {} (step {})",
+        args.out.display(),
+        run.trainer.step
+    );
+    Ok(())
+}
+
+pub fn run_eval(bundle: &Bundle, model_dir: &Path, args: &EvalArgs, json: bool) -> Result<()> {
+    let size = bundle.model.config.image.size;
+    let train = load_split(&args.data, "train", size)?;
+    let test = load_split(&args.data, &args.split, size)?;
+    let options = EvalOptions {
+        limit: args.limit,
+        prompt_limit: args.prompt_limit,
+        ..EvalOptions::default()
+    };
+    let bar = ProgressBar::new(1);
+    bar.set_style(
+        ProgressStyle::with_template("{msg:24} {bar:30} {pos}/{len} [{elapsed_precise}]")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    let started = std::time::Instant::now();
+    let report = evaluate(
+        &bundle.model,
+        &bundle.text,
+        &train,
+        &test,
+        &options,
+        |stage, done, total| {
+            bar.set_message(stage.to_string());
+            bar.set_length(total as u64);
+            bar.set_position(done as u64);
+        },
+    )?;
+    bar.finish_and_clear();
+    let value = json!({
+        "split": args.split,
+        "seconds": started.elapsed().as_secs_f64(),
+        "report": report,
+    });
+    let text = serde_json::to_string_pretty(&value)?;
+    let out = args
+        .out
+        .clone()
+        .unwrap_or_else(|| model_dir.join(format!("eval-{}.json", args.split)));
+    write_atomically(&out, text.as_bytes())?;
+    if json {
+        println!("{value}");
+    } else {
+        println!("held-out images           {}", report.images);
+        println!("bits/dim (given name)     {:.4}", report.bits_per_dim);
+        println!(
+            "bits/dim (no caption)     {:.4}",
+            report.unconditional_bits_per_dim
+        );
+        println!(
+            "caption ranking           top-1 {:.1}%  top-5 {:.1}%  ({} images, {} candidates)",
+            100.0 * report.caption_top1,
+            100.0 * report.caption_top5,
+            report.ranked_images,
+            report.candidates
+        );
+        println!(
+            "caption category          {:.1}%",
+            100.0 * report.caption_category_accuracy
+        );
+        println!(
+            "prompt fidelity           top-1 {:.1}%  top-5 {:.1}%  ({} prompts)",
+            100.0 * report.prompt_top1,
+            100.0 * report.prompt_top5,
+            report.prompts
+        );
+        println!("written to {}", out.display());
+    }
+    Ok(())
+}

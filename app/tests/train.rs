@@ -1,0 +1,263 @@
+//! `jetformer train`, `eval` and `data` end to end on the committed fixture images
+//! (`tests/fixtures/emoji`): a run killed with SIGKILL resumes and ends with the same weights
+//! as a run that was never interrupted.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../tests/fixtures/emoji")
+}
+
+fn tempdir(name: &str) -> PathBuf {
+    let dir =
+        std::env::temp_dir().join(format!("jetformer-cli-train-{}-{name}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).expect("create a temporary folder");
+    dir
+}
+
+fn jetformer() -> Command {
+    let mut command = Command::new(env!("CARGO_BIN_EXE_jetformer"));
+    command.args(["--device", "cpu"]);
+    command
+}
+
+fn train_args(out: &Path, steps: usize) -> Vec<String> {
+    [
+        "train",
+        "--preset",
+        "tiny",
+        "--data",
+        fixtures().to_str().expect("utf-8 path"),
+        "--out",
+        out.to_str().expect("utf-8 path"),
+        "--steps",
+        &steps.to_string(),
+        "--batch-size",
+        "4",
+        "--checkpoint-every",
+        "5",
+        "--eval-every",
+        "0",
+        "--vocab-size",
+        "300",
+        "--seed",
+        "5",
+    ]
+    .map(str::to_string)
+    .to_vec()
+}
+
+fn output_text(output: &Output) -> String {
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&output.stdout),
+        String::from_utf8_lossy(&output.stderr)
+    )
+}
+
+/// Reads the last logged training loss of every step in a run's metrics log.
+fn losses(out: &Path) -> BTreeMap<u64, f64> {
+    let text = std::fs::read_to_string(out.join("metrics.jsonl")).expect("metrics log");
+    let mut losses = BTreeMap::new();
+    for line in text.lines() {
+        let value: serde_json::Value = serde_json::from_str(line).expect("a JSON line");
+        if value["kind"] == "train" {
+            let metrics = &value["metrics"];
+            losses.insert(
+                metrics["step"].as_u64().expect("step"),
+                metrics["loss"]["total"].as_f64().expect("loss"),
+            );
+        }
+    }
+    losses
+}
+
+fn latest_checkpoint_step(out: &Path) -> Option<u64> {
+    std::fs::read_dir(out.join("checkpoints"))
+        .ok()?
+        .filter_map(|entry| entry.ok())
+        .filter(|entry| entry.path().join("state.json").is_file())
+        .filter_map(|entry| {
+            entry
+                .file_name()
+                .to_str()?
+                .strip_prefix("step-")?
+                .parse()
+                .ok()
+        })
+        .max()
+}
+
+#[test]
+fn train_resumes_after_sigkill() {
+    let steps = 400;
+    let straight = tempdir("straight");
+    let output = jetformer()
+        .args(train_args(&straight, steps))
+        .output()
+        .expect("run jetformer");
+    assert!(output.status.success(), "{}", output_text(&output));
+
+    let killed = tempdir("killed");
+    let mut child = jetformer()
+        .args(train_args(&killed, steps))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .expect("start jetformer");
+    let started = Instant::now();
+    while latest_checkpoint_step(&killed).is_none_or(|step| step < 10) {
+        assert!(
+            started.elapsed() < Duration::from_secs(120),
+            "no checkpoint appeared"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    child.kill().expect("SIGKILL");
+    child.wait().expect("reap");
+    let saved = latest_checkpoint_step(&killed).expect("a checkpoint survived");
+    assert!(
+        saved < steps as u64,
+        "the run finished before it was killed; raise `steps`"
+    );
+
+    let output = jetformer()
+        .args(train_args(&killed, steps))
+        .arg("--resume")
+        .output()
+        .expect("resume jetformer");
+    assert!(output.status.success(), "{}", output_text(&output));
+
+    let straight_losses = losses(&straight);
+    let resumed_losses = losses(&killed);
+    // Losses are logged every 10 steps.
+    assert_eq!(straight_losses.len(), steps / 10);
+    let compared: Vec<u64> = straight_losses
+        .range(saved + 1..)
+        .map(|(&s, _)| s)
+        .collect();
+    assert!(!compared.is_empty());
+    for step in compared {
+        assert_eq!(
+            resumed_losses.get(&step),
+            straight_losses.get(&step),
+            "step {step} differs after resuming from step {saved}"
+        );
+    }
+    assert!(
+        weights(&straight) == weights(&killed),
+        "final weights differ"
+    );
+    assert!(straight.join("curves.png").is_file());
+    assert!(straight.join("concepts.txt").is_file());
+
+    // The trained model captions and evaluates from the command line.
+    let data = tempdir("split");
+    for split in ["train", "test"] {
+        copy_dir(&fixtures(), &data.join(split));
+    }
+    let output = jetformer()
+        .arg("--model")
+        .arg(&straight)
+        .args(["--json", "eval", "--data"])
+        .arg(&data)
+        .args(["--limit", "3", "--prompt-limit", "2"])
+        .output()
+        .expect("run eval");
+    assert!(output.status.success(), "{}", output_text(&output));
+    let value: serde_json::Value =
+        serde_json::from_slice(&output.stdout).expect("eval prints JSON");
+    let report = &value["report"];
+    assert_eq!(report["images"], 8);
+    assert_eq!(report["ranked_images"], 3);
+    assert_eq!(report["candidates"], 8);
+    assert_eq!(report["prompts"], 2);
+    let bits = report["bits_per_dim"].as_f64().expect("bits/dim");
+    assert!(bits.is_finite(), "bits/dim {bits}");
+    assert!(bits > 0.0, "bits/dim {bits}");
+    assert!(straight.join("eval-test.json").is_file());
+}
+
+/// Reads the tensor table and data of `model.safetensors` without its metadata, whose key
+/// order varies between processes.
+fn weights(dir: &Path) -> (serde_json::Value, Vec<u8>) {
+    let bytes = std::fs::read(dir.join("model.safetensors")).expect("weights");
+    let header_len = u64::from_le_bytes(bytes[..8].try_into().expect("8 bytes")) as usize;
+    let mut header: serde_json::Value =
+        serde_json::from_slice(&bytes[8..8 + header_len]).expect("JSON header");
+    header
+        .as_object_mut()
+        .expect("header object")
+        .remove("__metadata__");
+    (header, bytes[8 + header_len..].to_vec())
+}
+
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).expect("create");
+    for entry in std::fs::read_dir(from).expect("list") {
+        let entry = entry.expect("entry");
+        std::fs::copy(entry.path(), to.join(entry.file_name())).expect("copy");
+    }
+}
+
+#[test]
+fn train_commands_reject_bad_input() {
+    let dir = tempdir("bad");
+    let existing = tempdir("existing-run");
+    std::fs::write(existing.join("run.json"), "{}").expect("write");
+    let fixtures = fixtures();
+    let fixtures = fixtures.to_str().expect("utf-8 path");
+    let d = dir.to_str().expect("utf-8 path");
+    let cases: Vec<(Vec<&str>, &str)> = vec![
+        (
+            vec!["data", "emoji", "--packages", d, "--out", d],
+            "fetch-emoji-packages.sh",
+        ),
+        (
+            vec!["train", "--data", d, "--out", d, "--preset", "tiny"],
+            "metadata.jsonl",
+        ),
+        (
+            vec![
+                "train",
+                "--data",
+                fixtures,
+                "--out",
+                existing.to_str().expect("utf-8 path"),
+                "--preset",
+                "tiny",
+            ],
+            "--resume",
+        ),
+        (
+            vec![
+                "train", "--data", fixtures, "--out", d, "--resume", "--preset", "tiny",
+            ],
+            "--resume",
+        ),
+        (
+            vec!["train", "--data", fixtures, "--out", d, "--preset", "huge"],
+            "presets",
+        ),
+        (
+            vec![
+                "train", "--data", fixtures, "--out", d, "--preset", "tiny", "--steps", "0",
+            ],
+            "steps",
+        ),
+    ];
+    for (args, expected) in cases {
+        let output = jetformer().args(&args).output().expect("run jetformer");
+        let text = output_text(&output);
+        assert!(!output.status.success(), "{args:?} succeeded: {text}");
+        assert!(
+            text.contains(expected),
+            "{args:?}: `{expected}` not in {text}"
+        );
+        assert!(!text.contains("panicked"), "{args:?} panicked: {text}");
+    }
+}
