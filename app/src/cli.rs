@@ -47,18 +47,18 @@ enum Command {
         /// Seed of the draws (the same seed gives the same images).
         #[arg(long, default_value_t = 0)]
         seed: u64,
-        /// Multiplies every mixture scale.
-        #[arg(long, default_value_t = 1.0)]
-        temperature: f64,
-        /// Multiplies the mixture logits.
-        #[arg(long, default_value_t = 1.0)]
-        mixture_temperature: f64,
-        /// Scale of the factored-out latent dims (0 sets them to zero).
-        #[arg(long, default_value_t = 1.0)]
-        noise_factor: f64,
-        /// Classifier-free guidance weight (0 turns guidance off).
-        #[arg(long, default_value_t = 0.0)]
-        guidance: f64,
+        /// Multiplies every mixture scale [default: the engine's, 0.5].
+        #[arg(long)]
+        temperature: Option<f64>,
+        /// Multiplies the mixture logits [default: 1].
+        #[arg(long)]
+        mixture_temperature: Option<f64>,
+        /// Scale of the factored-out latent dims; 0 sets them to zero [default: 0].
+        #[arg(long)]
+        noise_factor: Option<f64>,
+        /// Classifier-free guidance weight; 0 turns guidance off [default: 6].
+        #[arg(long)]
+        guidance: Option<f64>,
         /// Output PNG file.
         #[arg(long)]
         out: PathBuf,
@@ -158,13 +158,14 @@ pub fn run(cli: Cli) -> Result<()> {
             guidance,
             out,
         } => {
+            let defaults = GenerateOptions::default();
             let options = GenerateOptions {
                 count,
                 seed,
-                scale_temperature: temperature,
-                mixture_temperature,
-                noise_factor,
-                guidance,
+                scale_temperature: temperature.unwrap_or(defaults.scale_temperature),
+                mixture_temperature: mixture_temperature.unwrap_or(defaults.mixture_temperature),
+                noise_factor: noise_factor.unwrap_or(defaults.noise_factor),
+                guidance: guidance.unwrap_or(defaults.guidance),
                 preview_every: 0,
             };
             run_generate(&bundle, &prompt, &options, &out, cli.json)

@@ -21,13 +21,13 @@ pub const SAVE_SCALES: [u32; 4] = [1, 4, 8, 16];
 pub struct Settings {
     /// The last prompt typed. Default: a short example.
     pub prompt: String,
-    /// Multiplies every mixture scale of the image head. Default: 1.
+    /// Multiplies every mixture scale of the image head. Default: the engine's.
     pub temperature: f64,
-    /// Multiplies the mixture logits of the image head. Default: 1.
+    /// Multiplies the mixture logits of the image head. Default: the engine's.
     pub mixture_temperature: f64,
-    /// Scale of the factored-out latent dims; 0 sets them to zero. Default: 1.
+    /// Scale of the factored-out latent dims; 0 sets them to zero. Default: the engine's.
     pub noise_factor: f64,
-    /// Classifier-free guidance weight; 0 turns guidance off. Default: 0.
+    /// Classifier-free guidance weight; 0 turns guidance off. Default: the engine's.
     pub guidance: f64,
     /// Seed of the next generation when `random_seed` is off. Default: 0.
     pub seed: u64,
@@ -47,7 +47,7 @@ impl Default for Settings {
     fn default() -> Self {
         let engine = GenerateOptions::default();
         Self {
-            prompt: "a red apple".into(),
+            prompt: "grinning face".into(),
             temperature: engine.scale_temperature,
             mixture_temperature: engine.mixture_temperature,
             noise_factor: engine.noise_factor,
