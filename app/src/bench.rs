@@ -16,9 +16,9 @@ use serde_json::json;
 /// Arguments of `jetformer bench`.
 #[derive(Args, Debug)]
 pub struct BenchArgs {
-    /// Timed repetitions of each measurement (after one warm-up).
-    #[arg(long, default_value_t = 10)]
-    runs: usize,
+    /// Timed repetitions of each measurement (after one warm-up; at least 1).
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u16).range(1..))]
+    runs: u16,
     /// Prompt of the generation timings.
     #[arg(long, default_value = "red apple")]
     prompt: String,
@@ -64,9 +64,9 @@ pub fn run_bench(
             Ok(())
         })
     };
-    let unguided = median_time(args.runs, || generate_with(0.0))?;
-    let guided = median_time(args.runs, || generate_with(args.guidance))?;
-    let first_preview = median_time(args.runs, || {
+    let unguided = median_time(usize::from(args.runs), || generate_with(0.0))?;
+    let guided = median_time(usize::from(args.runs), || generate_with(args.guidance))?;
+    let first_preview = median_time(usize::from(args.runs), || {
         let options = GenerateOptions {
             preview_every: 1,
             ..GenerateOptions::default()
@@ -86,7 +86,7 @@ pub fn run_bench(
         infer::generate(model, &prompt, &GenerateOptions::default(), &cancel, |_| {})?
             .context("generation was cancelled")?
             .remove(0);
-    let caption = median_time(args.runs, || {
+    let caption = median_time(usize::from(args.runs), || {
         timed(|| {
             infer::caption(
                 model,
@@ -97,13 +97,13 @@ pub fn run_bench(
         })
     })?;
     let batch: Vec<RgbImage> = vec![image.clone(); 32];
-    let bits = median_time(args.runs, || {
+    let bits = median_time(usize::from(args.runs), || {
         timed(|| {
             infer::bits_per_dim(model, &batch, None, 0)?;
             Ok(())
         })
     })?;
-    let flow = median_time(args.runs, || {
+    let flow = median_time(usize::from(args.runs), || {
         timed(|| {
             let latents = infer::encode(model, &batch)?;
             infer::decode(model, latents);

@@ -76,9 +76,9 @@ enum Command {
         /// Text file with one candidate caption per line.
         #[arg(long)]
         captions: PathBuf,
-        /// Number of captions to print.
-        #[arg(long, default_value_t = 5)]
-        top: usize,
+        /// Number of captions to print (at least 1).
+        #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u16).range(1..))]
+        top: u16,
     },
     /// Bits per dimension of images, unconditional or given a caption.
     Bpd {
@@ -175,7 +175,7 @@ pub fn run(cli: Cli) -> Result<()> {
             image,
             captions,
             top,
-        } => run_rank(&bundle, &image, &captions, top, cli.json),
+        } => run_rank(&bundle, &image, &captions, usize::from(top), cli.json),
         Command::Bpd { images, caption } => run_bpd(&bundle, &images, caption.as_deref(), cli.json),
         Command::Interpolate {
             first,
@@ -362,6 +362,7 @@ fn run_rank(
             .collect();
         println!("{}", serde_json::Value::Array(rows));
     } else {
+        println!("probability\tlog-prob\tcaption");
         for (caption, log_prob, probability) in ranked {
             println!("{probability:.3}\t{log_prob:.2}\t{caption}");
         }

@@ -233,7 +233,7 @@ impl JetformerApp {
         match self.worker.send(command) {
             Ok(()) => true,
             Err(error) => {
-                self.report(format!("{error:#}"));
+                self.report(crate::error_message(&error));
                 false
             }
         }
@@ -547,7 +547,7 @@ impl JetformerApp {
     fn save_strip(&mut self, ctx: &egui::Context, images: &[RgbImage]) {
         match export::strip(images) {
             Ok(strip) => self.save_image(ctx, strip, "interpolation-strip.png"),
-            Err(error) => self.report(format!("{error:#}")),
+            Err(error) => self.report(crate::error_message(&error)),
         }
     }
 
@@ -593,7 +593,10 @@ impl JetformerApp {
     fn write_png(&mut self, image: &RgbImage, path: &Path) {
         match export::write_png(image, path) {
             Ok(written) => log::info!("saved {}", written.display()),
-            Err(error) => self.report(format!("could not save the image: {error:#}")),
+            Err(error) => self.report(format!(
+                "could not save the image: {}",
+                crate::error_message(&error)
+            )),
         }
     }
 }

@@ -36,25 +36,8 @@ fn main() -> std::process::ExitCode {
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(error) => {
-            eprintln!("error: {}", error_message(&error));
+            eprintln!("error: {}", jetformer::error_message(&error));
             std::process::ExitCode::FAILURE
         }
     }
-}
-
-/// Joins the error and its causes with ": ", leaving out a cause whose text the message
-/// already contains (engine errors print their source themselves).
-fn error_message(error: &anyhow::Error) -> String {
-    let mut message = String::new();
-    for cause in error.chain() {
-        let text = cause.to_string();
-        if message.contains(&text) {
-            continue;
-        }
-        if !message.is_empty() {
-            message.push_str(": ");
-        }
-        message.push_str(&text);
-    }
-    message
 }

@@ -195,7 +195,7 @@ impl Worker {
                         Ok(Ok(())) => {}
                         Ok(Err(error)) => emit(Event::Failed {
                             job,
-                            message: format!("{error:#}"),
+                            message: crate::error_message(&error),
                         }),
                         Err(panic) => {
                             log::error!("worker panicked in {job:?}: {panic}");

@@ -144,7 +144,11 @@ pub fn load_bundle(dir: &Path, device: &Device) -> Result<Bundle> {
         return Err(Error::Io {
             action: "could not open the model directory",
             path: dir.to_path_buf(),
-            source: std::io::Error::new(std::io::ErrorKind::NotFound, "not a directory"),
+            source: if dir.exists() {
+                std::io::Error::new(std::io::ErrorKind::NotADirectory, "not a directory")
+            } else {
+                std::io::Error::new(std::io::ErrorKind::NotFound, "not found")
+            },
         });
     }
     let model = load(dir, device)?;

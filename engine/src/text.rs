@@ -111,7 +111,7 @@ impl TextCodec {
     /// are errors; text longer than the model reads is truncated and the count reported.
     pub fn encode(&self, text: &str) -> Result<EncodedText> {
         if text.trim().is_empty() {
-            return Err(Error::Input("the text is empty; type a prompt".into()));
+            return Err(Error::Input("the text is empty; type some words".into()));
         }
         if let Some(c) = text.chars().find(|c| c.is_control() && !c.is_whitespace()) {
             return Err(Error::Input(format!(

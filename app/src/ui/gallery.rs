@@ -123,7 +123,11 @@ impl Gallery {
         let mut action = None;
         ui.horizontal(|ui| {
             ui.heading("Gallery");
-            ui.label(format!("{} images", self.entries.len()));
+            let count = self.entries.len();
+            ui.label(format!(
+                "{count} {}",
+                if count == 1 { "image" } else { "images" }
+            ));
             ui.separator();
             ui.label("Save at");
             for scale in SAVE_SCALES {
