@@ -203,6 +203,27 @@ fn bad_inputs_fail_with_a_message() {
     let cases: Vec<(Vec<String>, &str)> = vec![
         (vec!["caption".into(), p(&missing).into()], "missing.png"),
         (
+            vec![
+                "rank".into(),
+                p(&fixture.path("image0.png")).into(),
+                "--captions".into(),
+                p(&fixture.path("captions.txt")).into(),
+                "--top".into(),
+                "0".into(),
+            ],
+            "--top",
+        ),
+        (vec!["bench".into(), "--runs".into(), "0".into()], "--runs"),
+        (
+            vec![
+                "--model".into(),
+                p(&fixture.path("no-such-model")).into(),
+                "caption".into(),
+                p(&fixture.path("image0.png")).into(),
+            ],
+            "not found",
+        ),
+        (
             vec!["caption".into(), p(&fixture.path("notes.txt")).into()],
             "not an image",
         ),
