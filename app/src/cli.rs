@@ -128,10 +128,10 @@ pub fn run(cli: Cli) -> Result<()> {
         return crate::training::run_data(source, cli.json);
     }
     let device = ComputeDevice::select(cli.device).context("could not open the compute device")?;
+    // `main` opens the window when no command is given, so this only prints the backend.
     let Some(command) = cli.command else {
         println!("jetformer {}", env!("CARGO_PKG_VERSION"));
         println!("backend: {device}");
-        println!("The window is not built yet; see `jetformer --help` for the commands.");
         return Ok(());
     };
     let command = match command {
