@@ -17,7 +17,7 @@ const NO_DIALOG_WITHIN: Duration = Duration::from_millis(250);
 /// Image extensions offered by the Open dialog; the engine decodes these formats.
 pub const IMAGE_EXTENSIONS: [&str; 7] = ["png", "jpg", "jpeg", "webp", "gif", "bmp", "PNG"];
 
-/// Which dialog to show.
+/// Kind of dialog to show.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum DialogKind {
     /// Pick image files to understand.
@@ -28,7 +28,7 @@ pub enum DialogKind {
     SavePng,
 }
 
-/// What a dialog returned.
+/// Result of a dialog.
 #[derive(Debug)]
 pub enum DialogResult {
     /// The user picked these paths (one for a folder or a save target).

@@ -113,7 +113,7 @@ pub struct ModelInfo {
 /// Results for one dropped image.
 #[derive(Clone, Debug)]
 pub struct Understanding {
-    /// The image as the model sees it: cropped, composited on white, resized.
+    /// The image in the form the model reads: cropped, composited on white, resized.
     pub model_view: RgbImage,
     /// The greedy caption.
     pub caption: String,
@@ -569,7 +569,8 @@ mod tests {
         let captions: Vec<String> = ["a", "b"].map(String::from).to_vec();
         let ranked = top_probabilities(&captions, &[-5000.0, -5001.0], 5);
         assert_eq!(ranked.len(), 2);
-        assert!(ranked.iter().all(|(_, p)| p.is_finite() && *p > 0.0));
+        assert!(ranked.iter().all(|(_, p)| p.is_finite()));
+        assert!(ranked.iter().all(|(_, p)| *p > 0.0));
         assert!((ranked[0].1 + ranked[1].1 - 1.0).abs() < 1e-12);
     }
 

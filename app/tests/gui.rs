@@ -23,7 +23,7 @@ use jetformer_engine::{BackendChoice, JetFormer, JetFormerConfig};
 
 const CAPTIONS: [&str; 4] = ["red square", "blue circle", "green stripes", "yellow star"];
 
-/// Longest wait for the worker. The tiny model responds in milliseconds.
+/// Maximum wait for the worker. The tiny model responds in milliseconds.
 const TIMEOUT: Duration = Duration::from_secs(120);
 
 struct Fixture {

@@ -34,7 +34,7 @@ pub struct CanvasImage {
     pub version: u64,
 }
 
-/// What the canvas shows and the egui texture of its fallback path.
+/// Contents of the canvas and the egui texture of its fallback path.
 #[derive(Default)]
 pub struct Canvas {
     image: Option<Arc<CanvasImage>>,
@@ -115,7 +115,7 @@ impl Canvas {
     }
 }
 
-/// The largest integer multiple of the mosaic's size that fits the space left.
+/// Returns the largest integer multiple of the mosaic's size that fits the space left.
 fn fitted_rect(ui: &egui::Ui, image: &CanvasImage) -> Rect {
     let available = ui.available_size();
     let size = Vec2::new(image.mosaic.width() as f32, image.mosaic.height() as f32);

@@ -28,12 +28,12 @@ pub struct GalleryEntry {
 }
 
 impl GalleryEntry {
-    /// A short name for lists and file names.
+    /// Returns a short name for lists and file names.
     pub fn title(&self) -> String {
         format!("#{} {}", self.id, self.prompt)
     }
 
-    /// A file name suggestion built from the prompt and seed.
+    /// Suggests a file name built from the prompt and seed.
     pub fn file_name(&self) -> String {
         let stem: String = self
             .prompt
@@ -50,7 +50,7 @@ impl GalleryEntry {
     }
 }
 
-/// What the user asked the gallery for.
+/// Requests from the gallery to the window.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum GalleryAction {
     /// Restore the prompt and settings of entry `id` and show it.

@@ -7,7 +7,7 @@ use image::RgbImage;
 /// Side of the decoded blend in points.
 const PREVIEW: f32 = 160.0;
 
-/// What the user asked the interpolation panel for.
+/// Requests from the interpolation panel to the window.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum InterpolateAction {
     /// Decode a strip between the two images and save it.
@@ -51,7 +51,7 @@ impl Interpolation {
         }
     }
 
-    /// Records that request `id` asks the worker to decode `pair` at `t`.
+    /// Records that request `id` has the worker decode `pair` at `t`.
     pub fn mark_sent(&mut self, id: u64, pair: [u64; 2], t: f32) {
         self.in_flight = Some((id, pair, t));
     }

@@ -4,7 +4,7 @@ use eframe::egui::{self, Key};
 
 use crate::state::{MAX_COUNT, Settings};
 
-/// What the user asked the prompt panel for.
+/// Requests from the prompt panel to the window.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum PromptAction {
     /// Start a generation with the current settings.

@@ -4,13 +4,13 @@ use eframe::egui;
 
 use crate::worker::ModelInfo;
 
-/// Where model loading stands.
+/// State of model loading.
 pub enum ModelState {
     /// The worker is loading the model in this directory.
     Loading(std::path::PathBuf),
     /// A model is loaded.
     Ready(ModelInfo),
-    /// No model is loaded; `message` says why and what to do.
+    /// No model is loaded; `message` gives the reason and the fix.
     Missing { message: String },
 }
 

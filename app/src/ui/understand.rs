@@ -10,7 +10,7 @@ use crate::worker::Understanding;
 /// Side of the model-view thumbnail in points.
 const THUMBNAIL: f32 = 96.0;
 
-/// Where an understood image stands.
+/// Progress of an image being understood.
 pub enum CardState {
     /// The worker is decoding and captioning it.
     Pending,
@@ -34,7 +34,7 @@ pub struct Card {
 }
 
 impl Card {
-    /// The file name for lists.
+    /// Returns the file name for lists.
     pub fn title(&self) -> String {
         self.path.file_name().map_or_else(
             || self.path.display().to_string(),
@@ -43,7 +43,7 @@ impl Card {
     }
 }
 
-/// What the user asked the drop zone for.
+/// Requests from the drop zone to the window.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum UnderstandAction {
     /// Show the Open dialog.
