@@ -647,6 +647,16 @@ impl JetformerApp {
     pub fn show(&mut self, ui: &mut egui::Ui) {
         let ctx = ui.ctx().clone();
         self.poll_worker(&ctx);
+        // Frame timing during a run, for measuring the frame rate (`RUST_LOG=jetformer=debug`).
+        if let Some(run) = self.run.as_ref().filter(|run| run.is_running()) {
+            log::debug!(
+                "frame at {:.1} ms of run {}, {} of {} tokens",
+                run.started.elapsed().as_secs_f64() * 1e3,
+                run.id,
+                run.tokens_done,
+                run.num_tokens
+            );
+        }
         self.poll_dialogs();
         self.handle_shortcuts(&ctx);
         self.handle_dropped_files(&ctx);

@@ -52,9 +52,11 @@ pub struct TrainArgs {
     /// Model size: `small` (32 x 32 images) or `tiny` (8 x 8, for tests).
     #[arg(long, default_value = "small")]
     preset: String,
-    /// Steps of the whole run (the cosine schedule ends here).
-    #[arg(long, default_value_t = 10_000)]
-    steps: usize,
+    /// Steps of the whole run (the cosine schedule ends here) [default: 10000]. With --resume,
+    /// a different value extends the run: a new cycle of warmup, cosine decay and noise
+    /// curriculum runs from the latest checkpoint to this step.
+    #[arg(long)]
+    steps: Option<usize>,
     /// Examples per step.
     #[arg(long, default_value_t = 32)]
     batch_size: usize,
@@ -190,7 +192,14 @@ pub fn run_train(args: TrainArgs, device: &ComputeDevice) -> Result<()> {
             .as_ref()
             .map(|test| TrainingData::new(test, &text))
             .transpose()?;
-        Run::resume(&args.out, train_data, held_out, concepts, &device.device)?
+        Run::resume(
+            &args.out,
+            train_data,
+            held_out,
+            concepts,
+            args.steps,
+            &device.device,
+        )?
     } else {
         if args.out.join("run.json").exists() {
             bail!(
@@ -237,7 +246,7 @@ pub fn run_train(args: TrainArgs, device: &ComputeDevice) -> Result<()> {
             sample_prompts,
             optimizer: OptimizerConfig {
                 learning_rate: args.learning_rate,
-                total_steps: args.steps,
+                total_steps: args.steps.unwrap_or(10_000),
                 ..OptimizerConfig::default()
             },
             ..RunConfig::default()

@@ -180,6 +180,35 @@ fn train_resumes_after_sigkill() {
     assert!(bits.is_finite(), "bits/dim {bits}");
     assert!(bits > 0.0, "bits/dim {bits}");
     assert!(straight.join("eval-test.json").is_file());
+
+    // A finished run is extended by a new cycle, and cannot be shortened below its checkpoint.
+    let run_settings = || -> serde_json::Value {
+        let text = std::fs::read_to_string(straight.join("run.json")).expect("run.json");
+        serde_json::from_str(&text).expect("run.json is JSON")
+    };
+    let output = jetformer()
+        .args(train_args(&straight, steps / 2))
+        .arg("--resume")
+        .output()
+        .expect("run jetformer");
+    assert!(!output.status.success());
+    assert!(
+        output_text(&output).contains(&format!("latest checkpoint is at step {steps}")),
+        "{}",
+        output_text(&output)
+    );
+    assert_eq!(run_settings()["optimizer"]["total_steps"], steps);
+    let output = jetformer()
+        .args(train_args(&straight, steps + 20))
+        .arg("--resume")
+        .output()
+        .expect("extend the run");
+    assert!(output.status.success(), "{}", output_text(&output));
+    assert_eq!(run_settings()["optimizer"]["cycle_start"], steps);
+    assert_eq!(run_settings()["optimizer"]["total_steps"], steps + 20);
+    let extended = losses(&straight);
+    assert!(extended.contains_key(&(steps as u64 + 20)));
+    assert_eq!(latest_checkpoint_step(&straight), Some(steps as u64 + 20));
 }
 
 /// Reads the tensor table and data of `model.safetensors` without its metadata, whose key

@@ -124,7 +124,7 @@ fn run_resumes_exactly_after_kill() {
 
     let data = TrainingData::new(&setup.dataset, &setup.text).expect("data");
     let mut resumed =
-        Run::resume(&killed_dir, data, None, Vec::new(), &Device::flex()).expect("resumes");
+        Run::resume(&killed_dir, data, None, Vec::new(), None, &Device::flex()).expect("resumes");
     assert_eq!(resumed.trainer.step, 3);
     let resumed_losses: Vec<f64> = (0..3).map(|_| resumed.step().loss.total).collect();
     assert_eq!(

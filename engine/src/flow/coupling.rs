@@ -14,7 +14,7 @@ use super::vit::CouplingNet;
 use crate::config::{CouplingKind, SpatialMask};
 
 /// `scale = SCALE_FACTOR * sigmoid(raw_scale)`, so a zero raw scale is the identity.
-const SCALE_FACTOR: f64 = 2.0;
+pub(super) const SCALE_FACTOR: f64 = 2.0;
 
 /// An affine coupling: `x2' = (x2 + shift(x1)) * scale(x1)`.
 #[derive(Module, Debug)]

@@ -11,6 +11,7 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 
 use super::coupling::{Coupling, CouplingShape, spatial_permutation};
+use super::cpu::{self, Direction};
 use crate::config::{CouplingKind, JetFormerConfig};
 
 /// The Jet flow.
@@ -67,12 +68,34 @@ impl Jet {
         Self { couplings }
     }
 
-    /// Encodes tokens to latents.
+    /// Encodes tokens to latents. On the plain CPU backend this runs the kernels of
+    /// [`cpu`](super::cpu); elsewhere (autodiff, wgpu) it runs burn tensor ops.
     ///
     /// # Shapes
     /// - `x`: `[batch, num_tokens, token_dim]`
     /// - outputs: latents `[batch, num_tokens, token_dim]`, log|det| `[batch]`
     pub fn forward(&self, x: Tensor<3>) -> (Tensor<3>, Tensor<1>) {
+        if cpu::runs_on(&x.device()) {
+            return cpu::run(self, x, Direction::Forward);
+        }
+        self.forward_with_tensor_ops(x)
+    }
+
+    /// Decodes latents to tokens, running the couplings backwards; on the plain CPU backend
+    /// through the kernels of [`cpu`](super::cpu).
+    ///
+    /// # Shapes
+    /// - `z`: `[batch, num_tokens, token_dim]`
+    /// - outputs: tokens `[batch, num_tokens, token_dim]`, -log|det| `[batch]`
+    pub fn inverse(&self, z: Tensor<3>) -> (Tensor<3>, Tensor<1>) {
+        if cpu::runs_on(&z.device()) {
+            return cpu::run(self, z, Direction::Inverse);
+        }
+        self.inverse_with_tensor_ops(z)
+    }
+
+    /// [`forward`](Self::forward) through burn tensor ops on any device.
+    pub fn forward_with_tensor_ops(&self, x: Tensor<3>) -> (Tensor<3>, Tensor<1>) {
         let [batch, _, _] = x.dims();
         let mut log_det = Tensor::zeros([batch], &x.device());
         let mut z = x;
@@ -84,12 +107,8 @@ impl Jet {
         (z, log_det)
     }
 
-    /// Decodes latents to tokens, running the couplings backwards.
-    ///
-    /// # Shapes
-    /// - `z`: `[batch, num_tokens, token_dim]`
-    /// - outputs: tokens `[batch, num_tokens, token_dim]`, -log|det| `[batch]`
-    pub fn inverse(&self, z: Tensor<3>) -> (Tensor<3>, Tensor<1>) {
+    /// [`inverse`](Self::inverse) through burn tensor ops on any device.
+    pub fn inverse_with_tensor_ops(&self, z: Tensor<3>) -> (Tensor<3>, Tensor<1>) {
         let [batch, _, _] = z.dims();
         let mut log_det = Tensor::zeros([batch], &z.device());
         let mut x = z;

@@ -2,6 +2,7 @@
 //! (paper section 3; reference `big_vision/models/proj/jet/jet.py`).
 
 pub mod coupling;
+pub mod cpu;
 pub mod jet;
 pub mod vit;
 

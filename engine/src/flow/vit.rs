@@ -6,10 +6,14 @@
 
 use burn::module::{Module, Param};
 use burn::nn::{Initializer, LayerNorm, LayerNormConfig, Linear, LinearConfig};
-use burn::tensor::activation::softmax;
+use burn::tensor::module::attention;
+use burn::tensor::ops::AttentionModuleOptions;
 
 use crate::activation::gelu_tanh;
 use burn::tensor::{Device, Tensor};
+
+/// Epsilon of every layer norm in the coupling networks.
+pub(super) const LAYER_NORM_EPSILON: f64 = 1e-6;
 
 /// Multi-head self-attention over all tokens (no mask).
 #[derive(Module, Debug)]
@@ -45,13 +49,12 @@ impl SelfAttention {
                 // [batch, heads, num_tokens, head_dim]
                 .swap_dims(1, 2)
         };
-        let q = split(self.query.forward(x.clone())) * (head_dim as f64).powf(-0.5);
+        let q = split(self.query.forward(x.clone()));
         let k = split(self.key.forward(x.clone()));
         let v = split(self.value.forward(x));
 
-        let weights = softmax(q.matmul(k.swap_dims(2, 3)), 3);
-        let mixed = weights
-            .matmul(v)
+        // softmax(q k^T / sqrt(head_dim)) v, fused where the backend has a kernel for it.
+        let mixed = attention(q, k, v, None, None, AttentionModuleOptions::default())
             // [batch, num_tokens, heads, head_dim]
             .swap_dims(1, 2)
             .reshape([batch, num_tokens, width]);
@@ -71,7 +74,7 @@ pub struct VitBlock {
 
 impl VitBlock {
     pub fn new(width: usize, num_heads: usize, device: &Device) -> Self {
-        let norm = || LayerNormConfig::new(width).with_epsilon(1e-6).init(device);
+        let norm = || LayerNormConfig::new(width).with_epsilon(LAYER_NORM_EPSILON).init(device);
         Self {
             attention_norm: norm(),
             attention: SelfAttention::new(width, num_heads, device),
@@ -122,7 +125,7 @@ impl CouplingNet {
             blocks: (0..depth)
                 .map(|_| VitBlock::new(width, num_heads, device))
                 .collect(),
-            final_norm: LayerNormConfig::new(width).with_epsilon(1e-6).init(device),
+            final_norm: LayerNormConfig::new(width).with_epsilon(LAYER_NORM_EPSILON).init(device),
             output: LinearConfig::new(width, 2 * half_dim)
                 .with_initializer(Initializer::Zeros)
                 .init(device),

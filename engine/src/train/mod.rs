@@ -25,6 +25,9 @@ pub struct OptimizerConfig {
     pub warmup_fraction: f64,
     /// Steps of the whole run; the cosine decays to 0 at this step. Default: 10000.
     pub total_steps: usize,
+    /// Step at which the current cycle of warmup, cosine decay and noise curriculum began.
+    /// Default: 0; a run extended with `--resume --steps` starts a new cycle at its checkpoint.
+    pub cycle_start: usize,
     /// Adam beta 1. Default: 0.9.
     pub beta1: f32,
     /// Adam beta 2. Default: 0.95, as the reference.
@@ -41,6 +44,7 @@ impl Default for OptimizerConfig {
             learning_rate: 3e-4,
             warmup_fraction: 0.1,
             total_steps: 10_000,
+            cycle_start: 0,
             beta1: 0.9,
             beta2: 0.95,
             weight_decay: 1e-4,
@@ -50,11 +54,23 @@ impl Default for OptimizerConfig {
 }
 
 impl OptimizerConfig {
-    /// Learning rate at `step`: linear warmup, then cosine decay to 0.
+    /// Steps of the current cycle (from `cycle_start` to `total_steps`).
+    fn cycle_steps(&self) -> usize {
+        self.total_steps.saturating_sub(self.cycle_start).max(1)
+    }
+
+    /// Position of `step` in the current cycle, in [0, 1]; drives the noise curriculum.
+    pub fn progress_at(&self, step: usize) -> f64 {
+        let done = step.saturating_sub(self.cycle_start) as f64;
+        (done / self.cycle_steps() as f64).min(1.0)
+    }
+
+    /// Learning rate at `step`: linear warmup, then cosine decay to 0, both over the current
+    /// cycle.
     pub fn learning_rate_at(&self, step: usize) -> f64 {
-        let total = self.total_steps.max(1) as f64;
+        let total = self.cycle_steps() as f64;
         let warmup = (self.warmup_fraction * total).max(1.0);
-        let step = step as f64;
+        let step = step.saturating_sub(self.cycle_start) as f64;
         if step < warmup {
             return self.learning_rate * (step + 1.0) / warmup;
         }
@@ -94,7 +110,7 @@ impl Trainer {
 
     /// Training progress in [0, 1], which drives the noise curriculum.
     pub fn progress(&self) -> f64 {
-        (self.step as f64 / self.config.total_steps.max(1) as f64).min(1.0)
+        self.config.progress_at(self.step)
     }
 
     /// Runs one step: forward, backward, clip, update. Returns the loss parts before the update.
@@ -167,5 +183,26 @@ mod tests {
         assert!(config.learning_rate_at(0) < config.learning_rate_at(5));
         assert!((config.learning_rate_at(10) - config.learning_rate).abs() < 1e-12);
         assert!(config.learning_rate_at(99) < 1e-5);
+    }
+
+    #[test]
+    fn schedule_cycle_restarts_at_its_start() {
+        let first = OptimizerConfig {
+            total_steps: 100,
+            ..OptimizerConfig::default()
+        };
+        let second = OptimizerConfig {
+            total_steps: 300,
+            cycle_start: 100,
+            ..first.clone()
+        };
+        for step in [0, 7, 50, 99] {
+            let same_point = 100 + 2 * step;
+            assert!((first.progress_at(step) - second.progress_at(same_point)).abs() < 1e-12);
+        }
+        assert!((second.learning_rate_at(100) - second.learning_rate / 20.0).abs() < 1e-12);
+        assert!((second.learning_rate_at(119) - second.learning_rate).abs() < 1e-12);
+        assert_eq!(second.progress_at(100), 0.0);
+        assert_eq!(second.progress_at(300), 1.0);
     }
 }

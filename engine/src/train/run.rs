@@ -124,6 +124,11 @@ impl RunConfig {
             "must be at least 1",
         )?;
         check(
+            self.optimizer.cycle_start < self.optimizer.total_steps,
+            "cycle_start",
+            "must be below the run's steps",
+        )?;
+        check(
             self.optimizer.learning_rate > 0.0 && self.optimizer.learning_rate.is_finite(),
             "learning_rate",
             "must be a positive number",
@@ -368,27 +373,25 @@ impl Run {
             path: out.to_path_buf(),
             source,
         })?;
-        let settings_json =
-            serde_json::to_string_pretty(&run.settings).map_err(|source| Error::Json {
-                path: out.join(RUN_FILE),
-                source,
-            })?;
-        write_atomically(&out.join(RUN_FILE), settings_json.as_bytes())?;
+        write_settings(out, &run.settings)?;
         // Weights appear with the first checkpoint; config and tokenizer let it resume.
         run.ema.config.save(&out.join(checkpoint::CONFIG_FILE))?;
         run.text.save(&out.join(checkpoint::TOKENIZER_FILE))?;
         Ok(run)
     }
 
-    /// Resumes the run saved in `out` from its latest checkpoint.
+    /// Resumes the run saved in `out` from its latest checkpoint. With `steps` other than the
+    /// run's own, the run is extended (or shortened) to end at `steps`: a new cycle of warmup,
+    /// cosine decay and noise curriculum starts at the checkpoint, and `run.json` records it.
     pub fn resume(
         out: &Path,
         train: TrainingData,
         held_out: Option<TrainingData>,
         concepts: Vec<String>,
+        steps: Option<usize>,
         device: &Device,
     ) -> Result<Self> {
-        let settings: RunConfig = read_json(&out.join(RUN_FILE))?;
+        let mut settings: RunConfig = read_json(&out.join(RUN_FILE))?;
         settings.validate()?;
         let config = JetFormerConfig::load(&out.join(checkpoint::CONFIG_FILE))?;
         let text = TextCodec::load(&out.join(checkpoint::TOKENIZER_FILE), config.text.clone())?;
@@ -399,6 +402,18 @@ impl Run {
             )));
         };
         let state: RunState = read_json(&latest.join(STATE_FILE))?;
+        if let Some(steps) = steps.filter(|&steps| steps != settings.optimizer.total_steps) {
+            if steps <= state.step {
+                return Err(Error::Input(format!(
+                    "--steps is {steps}, but the latest checkpoint is at step {}; pass more steps \
+                     than that to extend the run",
+                    state.step
+                )));
+            }
+            settings.optimizer.cycle_start = state.step;
+            settings.optimizer.total_steps = steps;
+            write_settings(out, &settings)?;
+        }
         let mut model = JetFormer::new(&config, &device.clone().autodiff());
         load_burnpack(&mut model, &latest.join("model.bpk"))?;
         let mut ema = JetFormer::new(&config, device);
@@ -634,6 +649,16 @@ impl Run {
 }
 
 /// Step folders in `out/checkpoints` that hold a complete checkpoint.
+/// Writes `run.json` atomically.
+fn write_settings(out: &Path, settings: &RunConfig) -> Result<()> {
+    let path = out.join(RUN_FILE);
+    let json = serde_json::to_string_pretty(settings).map_err(|source| Error::Json {
+        path: path.clone(),
+        source,
+    })?;
+    write_atomically(&path, json.as_bytes())
+}
+
 fn checkpoint_dirs(out: &Path) -> Result<Vec<(usize, PathBuf)>> {
     let dir = out.join(CHECKPOINTS_DIR);
     if !dir.is_dir() {
