@@ -37,6 +37,8 @@ pub enum DialogResult {
     Cancelled(DialogKind),
     /// No dialog could open; ask for a path in the window instead.
     Unavailable(DialogKind),
+    /// Typed paths were requested instead of native dialogs; ask for a path in the window.
+    TypedPath(DialogKind),
 }
 
 /// Runs one dialog at a time and collects its result.
@@ -44,6 +46,8 @@ pub struct Dialogs {
     sender: Sender<DialogResult>,
     receiver: Receiver<DialogResult>,
     open: Option<DialogKind>,
+    /// Skips the native dialog, so that the window shows a path field instead.
+    typed_paths: bool,
 }
 
 impl Default for Dialogs {
@@ -53,11 +57,18 @@ impl Default for Dialogs {
             sender,
             receiver,
             open: None,
+            typed_paths: false,
         }
     }
 }
 
 impl Dialogs {
+    /// Makes every later dialog ask for a typed path in the window instead of opening a native
+    /// file dialog.
+    pub fn use_typed_paths(&mut self) {
+        self.typed_paths = true;
+    }
+
     /// Returns the dialog that is open, if any.
     pub fn open_kind(&self) -> Option<DialogKind> {
         self.open
@@ -72,6 +83,12 @@ impl Dialogs {
         file_name: &str,
     ) -> Result<(), String> {
         if self.open.is_some() {
+            return Ok(());
+        }
+        if self.typed_paths {
+            self.open = Some(kind);
+            let _ = self.sender.send(DialogResult::TypedPath(kind));
+            ctx.request_repaint();
             return Ok(());
         }
         let sender = self.sender.clone();

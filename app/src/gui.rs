@@ -202,6 +202,22 @@ impl JetformerApp {
         self.gallery.entries().len()
     }
 
+    /// Returns the gallery image at `index`, oldest first.
+    pub fn gallery_image(&self, index: usize) -> Option<&RgbImage> {
+        self.gallery.entries().get(index).map(|entry| &entry.image)
+    }
+
+    /// Returns the slider position of the decoded blend on show in the interpolation panel.
+    pub fn interpolation_shown(&self) -> Option<f32> {
+        self.interpolation.shown_t()
+    }
+
+    /// Asks for typed paths in the window instead of opening native file dialogs, as happens
+    /// when none can open (used by tests).
+    pub fn use_typed_paths(&mut self) {
+        self.dialogs.use_typed_paths();
+    }
+
     /// Returns whether any dropped image is still being captioned.
     pub fn understanding_pending(&self) -> bool {
         self.understand
@@ -558,11 +574,13 @@ impl JetformerApp {
         match result {
             DialogResult::Picked(kind, paths) => self.use_paths(kind, paths),
             DialogResult::Cancelled(_) => self.pending_save = None,
-            DialogResult::Unavailable(kind) => {
-                self.report(
-                    "no file dialog could open (it needs xdg-desktop-portal or zenity); type \
-                     a path instead",
-                );
+            DialogResult::Unavailable(kind) | DialogResult::TypedPath(kind) => {
+                if matches!(result, DialogResult::Unavailable(_)) {
+                    self.report(
+                        "no file dialog could open (it needs xdg-desktop-portal or zenity); \
+                         type a path instead",
+                    );
+                }
                 self.path_prompt = Some(PathPrompt {
                     kind,
                     text: String::new(),

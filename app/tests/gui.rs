@@ -10,7 +10,7 @@ use burn::tensor::Device;
 use eframe::egui;
 use eframe::egui::accesskit::Role;
 use egui_kittest::Harness;
-use egui_kittest::kittest::Queryable;
+use egui_kittest::kittest::{NodeT, Queryable};
 use image::RgbImage;
 use jetformer::gui::{JetformerApp, LaunchOptions};
 use jetformer::state::Settings;
@@ -334,4 +334,111 @@ fn broken_model_reports_the_file() {
             .next()
             .is_some()
     );
+}
+
+#[test]
+fn interpolation_blends_and_exports_strip() {
+    let fixture = Fixture::new("strip");
+    let mut harness = harness(fixture.path("model"));
+    step_until(&mut harness, "the model", JetformerApp::model_ready);
+    harness
+        .state_mut()
+        .as_mut()
+        .expect("app started")
+        .use_typed_paths();
+    for entries in 1..=2 {
+        harness
+            .get_by_role_and_label(Role::Button, "Generate")
+            .click();
+        step_until(&mut harness, "a gallery entry", |app| {
+            app.gallery_len() == entries
+        });
+    }
+
+    // Pick the older image as t = 0 and the newer one as t = 1.
+    for (picker, newer) in [("From (t = 0)", false), ("To (t = 1)", true)] {
+        harness.get_by_role_and_label(Role::ComboBox, picker).click();
+        harness.step();
+        let option = picker_option(&harness, newer);
+        let listed = "the option is listed";
+        harness
+            .query_all_by_role_and_label(Role::Button, &option)
+            .next()
+            .expect(listed)
+            .hover();
+        harness.step();
+        harness
+            .query_all_by_role_and_label(Role::Button, &option)
+            .next()
+            .expect(listed)
+            .click();
+        harness.step();
+        harness.step();
+        let chosen = harness.get_by_role_and_label(Role::ComboBox, picker);
+        assert_eq!(chosen.value().as_deref(), Some(option.as_str()));
+    }
+    step_until(&mut harness, "the blend at t = 0", |app| {
+        app.interpolation_shown() == Some(0.0)
+    });
+    harness
+        .get_by_role_and_label(Role::Slider, "Blend (t)")
+        .set_value_accesskit(0.5);
+    step_until(&mut harness, "the blend at t = 0.5", |app| {
+        app.interpolation_shown() == Some(0.5)
+    });
+
+    harness
+        .get_by_role_and_label(Role::Button, "Export strip…")
+        .click();
+    let deadline = Instant::now() + TIMEOUT;
+    while harness
+        .query_by_role_and_label(Role::TextInput, "Path")
+        .is_none()
+    {
+        assert!(Instant::now() < deadline, "timed out waiting for the path field");
+        harness.step();
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let path = fixture.path("strip.png");
+    harness
+        .get_by_role_and_label(Role::TextInput, "Path")
+        .type_text(path.to_str().expect("utf-8 path"));
+    harness.step();
+    harness.get_by_role_and_label(Role::Button, "OK").click();
+    step_until(&mut harness, "the strip file", |_| path.is_file());
+    assert_eq!(app(&harness).last_error(), None);
+
+    let settings = app(&harness).settings();
+    let (steps, scale) = (settings.strip_steps as u32, settings.save_scale);
+    let side = fixture.config.image.size as u32;
+    let strip = image::open(&path).expect("the strip is a PNG").to_rgb8();
+    assert_eq!(strip.dimensions(), (steps * side * scale, side * scale));
+    // The ends of the strip are the two picked images, up to the flow's round-trip error.
+    for (tile, index) in [(0, 0), (steps - 1, 1)] {
+        let expected = app(&harness).gallery_image(index).expect("gallery image");
+        let mut worst = 0u8;
+        for (x, y, pixel) in expected.enumerate_pixels() {
+            let shown = strip.get_pixel((tile * side + x) * scale, y * scale);
+            for (a, b) in pixel.0.iter().zip(shown.0) {
+                worst = worst.max(a.abs_diff(b));
+            }
+        }
+        assert!(worst <= 2, "tile {tile} differs from its image by {worst}");
+    }
+}
+
+/// Returns the label of the oldest or the newest gallery image in an open image picker
+/// (labels are "#id prompt").
+fn picker_option(harness: &AppHarness, newest: bool) -> String {
+    let mut options: Vec<(u64, String)> = harness
+        .query_all_by_role(Role::Button)
+        .filter_map(|node| node.accesskit_node().label())
+        .filter_map(|label| {
+            let id = label.strip_prefix('#')?.split(' ').next()?.parse().ok()?;
+            Some((id, label))
+        })
+        .collect();
+    options.sort();
+    let picked = if newest { options.last() } else { options.first() };
+    picked.expect("the picker lists the gallery").1.clone()
 }

@@ -568,6 +568,33 @@ fn training_drives_image_bits_per_dim_down() {
     );
 }
 
+#[test]
+fn non_finite_step_leaves_weights_unchanged() {
+    let config = JetFormerConfig::tiny();
+    let (mut trainer, _) = train_steps(&config, 3, 4);
+    // A longer schedule, so that the learning rate after step 3 is not 0.
+    trainer.config.total_steps = 100;
+    let device = cpu().autodiff();
+    let mut batch = train_batch(&config, 8, &device);
+    batch.pixels_pm1 = batch.pixels_pm1.clone() * f32::NAN;
+    let mut rng = StdRng::seed_from_u64(5);
+    let noise = StepNoise::training(&config, 8, trainer.progress(), &mut rng, &device);
+    let before = parameter_bits(&trainer.model);
+
+    let loss = trainer.train_step(&batch, &noise);
+    assert!(!loss.total.is_finite());
+    assert_eq!(trainer.step, 4);
+    assert_eq!(trainer.skipped_steps, 1);
+    assert!(parameter_bits(&trainer.model) == before, "a NaN step changed the weights");
+
+    // The next finite step trains again.
+    let batch = train_batch(&config, 8, &device);
+    let loss = trainer.train_step(&batch, &noise);
+    assert!(loss.total.is_finite());
+    assert_eq!(trainer.skipped_steps, 1);
+    assert!(parameter_bits(&trainer.model) != before);
+}
+
 /// Trap 1 of the spec: after a few steps every output dim of the flow depends on the input,
 /// including every dim the decoder models.
 #[test]

@@ -51,6 +51,11 @@ impl Interpolation {
         }
     }
 
+    /// Returns the slider position of the blend on show.
+    pub fn shown_t(&self) -> Option<f32> {
+        self.shown.as_ref().map(|(_, t, _)| *t)
+    }
+
     /// Records that request `id` has the worker decode `pair` at `t`.
     pub fn mark_sent(&mut self, id: u64, pair: [u64; 2], t: f32) {
         self.in_flight = Some((id, pair, t));
@@ -105,12 +110,10 @@ impl Interpolation {
         }
         picker(ui, "From (t = 0)", &mut self.first, sources);
         picker(ui, "To (t = 1)", &mut self.second, sources);
-        let label = ui.label("Blend");
         ui.add_enabled(
             self.first.is_some() && self.second.is_some(),
-            egui::Slider::new(&mut self.t, 0.0..=1.0).text("t"),
+            egui::Slider::new(&mut self.t, 0.0..=1.0).text("Blend (t)"),
         )
-        .labelled_by(label.id)
         .on_hover_text("Linear blend of the two images' flow latents, decoded live");
         if let Some((_, t, texture)) = &self.shown {
             let size = egui::Vec2::splat(PREVIEW);

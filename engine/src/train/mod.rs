@@ -89,6 +89,9 @@ pub struct Trainer {
     pub step: usize,
     /// Optimizer settings.
     pub config: OptimizerConfig,
+    /// Steps of this process whose loss or gradient norm was not finite, so their update was
+    /// skipped.
+    pub skipped_steps: usize,
 }
 
 impl Trainer {
@@ -105,6 +108,7 @@ impl Trainer {
             optimizer,
             step: 0,
             config,
+            skipped_steps: 0,
         }
     }
 
@@ -114,29 +118,48 @@ impl Trainer {
     }
 
     /// Runs one step: forward, backward, clip, update. Returns the loss parts before the update.
+    ///
+    /// A step whose loss or gradient norm is not finite changes no weight and no optimizer
+    /// state, so one bad batch cannot turn every weight into NaN. It still counts as a step,
+    /// which keeps the schedule and the data order.
     pub fn train_step(&mut self, batch: &TrainBatch, noise: &StepNoise) -> LossSummary {
         let output = self.model.loss(batch, noise);
         let summary = output.summary();
-        let mut grads = GradientsParams::from_grads(output.total.backward(), &self.model);
-        clip_global_norm(&self.model, &mut grads, self.config.clip_norm);
-        let learning_rate = self.config.learning_rate_at(self.step);
-        let model = self.model.clone();
-        self.model = self.optimizer.step(learning_rate, model, grads);
+        let mut applied = false;
+        if summary.total.is_finite() {
+            let mut grads = GradientsParams::from_grads(output.total.backward(), &self.model);
+            let norm = clip_global_norm(&self.model, &mut grads, self.config.clip_norm);
+            if norm.is_finite() {
+                let learning_rate = self.config.learning_rate_at(self.step);
+                let model = self.model.clone();
+                self.model = self.optimizer.step(learning_rate, model, grads);
+                applied = true;
+            }
+        }
+        if !applied {
+            self.skipped_steps += 1;
+            log::warn!(
+                "step {} skipped: its loss or gradient norm is not finite",
+                self.step + 1
+            );
+        }
         self.step += 1;
         summary
     }
 }
 
 /// Scales every gradient by `min(1, max_norm / ||g||)`, with `||g||` the L2 norm over all
-/// parameters together. Stays on the device (no read-back).
-pub fn clip_global_norm<M: Module>(model: &M, grads: &mut GradientsParams, max_norm: f64) {
+/// parameters together, and returns `||g||` (0 without gradients).
+pub fn clip_global_norm<M: Module>(model: &M, grads: &mut GradientsParams, max_norm: f64) -> f64 {
     let mut squares = SquaredNorm { grads, total: None };
     model.visit(&mut squares);
     let Some(total) = squares.total else {
-        return;
+        return 0.0;
     };
-    let scale = total.sqrt().clamp_min(max_norm).recip() * max_norm;
+    let norm = total.sqrt();
+    let scale = norm.clone().clamp_min(max_norm).recip() * max_norm;
     model.visit(&mut Rescale { grads, scale });
+    norm.into_data().iter::<f64>().next().unwrap_or(f64::NAN)
 }
 
 struct SquaredNorm<'a> {

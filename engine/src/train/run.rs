@@ -182,6 +182,9 @@ pub struct StepMetrics {
     pub learning_rate: f64,
     /// Training images per second over the last step.
     pub images_per_second: f64,
+    /// Steps of this process skipped because their loss or gradient norm was not finite.
+    #[serde(default)]
+    pub skipped_steps: usize,
 }
 
 /// Position of the run at a checkpoint.
@@ -505,6 +508,7 @@ impl Run {
             loss,
             learning_rate,
             images_per_second: batch_size as f64 / started.elapsed().as_secs_f64().max(1e-9),
+            skipped_steps: self.trainer.skipped_steps,
         }
     }
 
