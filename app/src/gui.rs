@@ -623,14 +623,19 @@ impl JetformerApp {
 impl JetformerApp {
     fn handle_shortcuts(&mut self, ctx: &egui::Context) {
         let command = |key| KeyboardShortcut::new(Modifiers::COMMAND, key);
-        let (generate, cancel, open, save) = ctx.input_mut(|input| {
+        let (generate, cancel, open, save, quit) = ctx.input_mut(|input| {
             (
                 input.consume_shortcut(&command(Key::Enter)),
                 input.consume_key(Modifiers::NONE, Key::Escape),
                 input.consume_shortcut(&command(Key::O)),
                 input.consume_shortcut(&command(Key::S)),
+                input.consume_shortcut(&command(Key::Q)),
             )
         });
+        if quit {
+            // eframe saves the settings and the window size as the window closes.
+            ctx.send_viewport_cmd(egui::ViewportCommand::Close);
+        }
         if generate {
             self.generate();
         }
@@ -709,6 +714,10 @@ impl JetformerApp {
                 if ui.button("Use the bundled model").clicked() {
                     self.settings.model_dir = None;
                     self.load_model(default_model_dir());
+                }
+                ui.separator();
+                if ui.button("Quit  Ctrl+Q").clicked() {
+                    ui.ctx().send_viewport_cmd(egui::ViewportCommand::Close);
                 }
             });
             ui.menu_button("Images", |ui| {
@@ -844,7 +853,7 @@ fn progress_row(ui: &mut egui::Ui, run: &Run) {
         "{} / {} tokens, {secs:.2} s, {state}",
         run.tokens_done, run.num_tokens
     );
-    ui.horizontal(|ui| {
+    ui.horizontal_wrapped(|ui| {
         let bar =
             egui::ProgressBar::new(run.tokens_done as f32 / total as f32).desired_width(200.0);
         ui.add(bar);

@@ -121,7 +121,7 @@ impl Gallery {
     /// Draws the gallery as a horizontal strip with the save size below it.
     pub fn show(&self, ui: &mut egui::Ui, save_scale: &mut u32) -> Option<GalleryAction> {
         let mut action = None;
-        ui.horizontal(|ui| {
+        ui.horizontal_wrapped(|ui| {
             ui.heading("Gallery");
             let count = self.entries.len();
             ui.label(format!(
