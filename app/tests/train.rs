@@ -76,6 +76,14 @@ fn losses(out: &Path) -> BTreeMap<u64, f64> {
     losses
 }
 
+/// Counts the training rows of a run's metrics log.
+fn train_rows(out: &Path) -> usize {
+    let text = std::fs::read_to_string(out.join("metrics.jsonl")).expect("metrics log");
+    text.lines()
+        .filter(|line| line.contains("\"kind\":\"train\""))
+        .count()
+}
+
 fn latest_checkpoint_step(out: &Path) -> Option<u64> {
     std::fs::read_dir(out.join("checkpoints"))
         .ok()?
@@ -134,8 +142,10 @@ fn train_resumes_after_sigkill() {
 
     let straight_losses = losses(&straight);
     let resumed_losses = losses(&killed);
-    // Losses are logged every 10 steps.
+    // Losses are logged every 10 steps, once each: the rows logged after the checkpoint by the
+    // killed run were dropped on resume.
     assert_eq!(straight_losses.len(), steps / 10);
+    assert_eq!(train_rows(&killed), steps / 10);
     let compared: Vec<u64> = straight_losses
         .range(saved + 1..)
         .map(|(&s, _)| s)

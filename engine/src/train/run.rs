@@ -417,6 +417,7 @@ impl Run {
             settings.optimizer.total_steps = steps;
             write_settings(out, &settings)?;
         }
+        drop_metrics_after(out, state.step)?;
         let mut model = JetFormer::new(&config, &device.clone().autodiff());
         load_burnpack(&mut model, &latest.join("model.bpk"))?;
         let mut ema = JetFormer::new(&config, device);
@@ -653,6 +654,38 @@ impl Run {
 }
 
 /// Step folders in `out/checkpoints` that hold a complete checkpoint.
+/// Drops the rows of the metrics log that come after `step`: a run stopped between
+/// checkpoints logged steps that the resumed run takes again.
+fn drop_metrics_after(out: &Path, step: usize) -> Result<()> {
+    let path = out.join(METRICS_FILE);
+    let text = match std::fs::read_to_string(&path) {
+        Ok(text) => text,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(source) => {
+            return Err(Error::Io {
+                action: "could not read",
+                path,
+                source,
+            });
+        }
+    };
+    let row_step = |line: &str| -> Option<u64> {
+        let row: serde_json::Value = serde_json::from_str(line).ok()?;
+        let step = row.get("step").or_else(|| row.get("metrics")?.get("step"))?;
+        step.as_u64()
+    };
+    let kept: Vec<&str> = text
+        .lines()
+        .filter(|line| row_step(line).is_none_or(|row| row <= step as u64))
+        .collect();
+    if kept.len() == text.lines().count() {
+        return Ok(());
+    }
+    let mut kept = kept.join("\n");
+    kept.push('\n');
+    write_atomically(&path, kept.as_bytes())
+}
+
 /// Writes `run.json` atomically.
 fn write_settings(out: &Path, settings: &RunConfig) -> Result<()> {
     let path = out.join(RUN_FILE);
@@ -763,4 +796,33 @@ pub fn image_grid(rows: &[Vec<RgbImage>], size: u32) -> RgbImage {
         }
     }
     grid
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn resume_drops_metrics_after_checkpoint() {
+        let dir = std::env::temp_dir().join(format!("jetformer-metrics-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("create");
+        let rows = [
+            r#"{"kind":"train","metrics":{"step":10}}"#,
+            r#"{"kind":"eval","step":10,"held_out_bits_per_dim":7.0}"#,
+            r#"{"kind":"train","metrics":{"step":20}}"#,
+            "not json",
+            r#"{"kind":"train","metrics":{"step":30}}"#,
+            r#"{"kind":"eval","step":30,"held_out_bits_per_dim":6.0}"#,
+        ];
+        let path = dir.join(METRICS_FILE);
+        std::fs::write(&path, rows.join("\n") + "\n").expect("write");
+
+        drop_metrics_after(&dir, 20).expect("drop");
+        let kept = std::fs::read_to_string(&path).expect("read");
+        assert_eq!(kept, rows[..4].join("\n") + "\n");
+
+        drop_metrics_after(&dir, 20).expect("drop again");
+        assert_eq!(std::fs::read_to_string(&path).expect("read"), kept);
+        std::fs::remove_dir_all(&dir).expect("clean up");
+    }
 }
