@@ -357,7 +357,9 @@ fn interpolation_blends_and_exports_strip() {
 
     // Pick the older image as t = 0 and the newer one as t = 1.
     for (picker, newer) in [("From (t = 0)", false), ("To (t = 1)", true)] {
-        harness.get_by_role_and_label(Role::ComboBox, picker).click();
+        harness
+            .get_by_role_and_label(Role::ComboBox, picker)
+            .click();
         harness.step();
         let option = picker_option(&harness, newer);
         let listed = "the option is listed";
@@ -395,7 +397,10 @@ fn interpolation_blends_and_exports_strip() {
         .query_by_role_and_label(Role::TextInput, "Path")
         .is_none()
     {
-        assert!(Instant::now() < deadline, "timed out waiting for the path field");
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for the path field"
+        );
         harness.step();
         std::thread::sleep(Duration::from_millis(5));
     }
@@ -439,6 +444,10 @@ fn picker_option(harness: &AppHarness, newest: bool) -> String {
         })
         .collect();
     options.sort();
-    let picked = if newest { options.last() } else { options.first() };
+    let picked = if newest {
+        options.last()
+    } else {
+        options.first()
+    };
     picked.expect("the picker lists the gallery").1.clone()
 }

@@ -149,7 +149,10 @@ fn cpu_flow_kernels_match_tensor_ops() {
             ("latents", max_abs_diff(z, z_ops)),
             ("log|det|", max_abs_diff(log_det, log_det_ops)),
             ("inverse", max_abs_diff(x_back, x_back_ops)),
-            ("inverse log|det|", max_abs_diff(inverse_log_det, inverse_log_det_ops)),
+            (
+                "inverse log|det|",
+                max_abs_diff(inverse_log_det, inverse_log_det_ops),
+            ),
         ] {
             assert!(error < 1e-4, "{kinds:?}: {name} differ by {error}");
         }
@@ -585,7 +588,10 @@ fn non_finite_step_leaves_weights_unchanged() {
     assert!(!loss.total.is_finite());
     assert_eq!(trainer.step, 4);
     assert_eq!(trainer.skipped_steps, 1);
-    assert!(parameter_bits(&trainer.model) == before, "a NaN step changed the weights");
+    assert!(
+        parameter_bits(&trainer.model) == before,
+        "a NaN step changed the weights"
+    );
 
     // The next finite step trains again.
     let batch = train_batch(&config, 8, &device);

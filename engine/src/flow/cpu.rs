@@ -345,7 +345,8 @@ impl CpuBlock {
                 matmul(&mut mixed[column..], width, weights, values, 1.0, false);
             }
         }
-        self.attention_output.apply(&s.mixed, rows, &mut s.hidden, true);
+        self.attention_output
+            .apply(&s.mixed, rows, &mut s.hidden, true);
 
         self.mlp_norm.apply(&s.hidden, &mut s.normed);
         self.mlp_in.apply(&s.normed, rows, &mut s.mlp, false);

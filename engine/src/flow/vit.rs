@@ -74,7 +74,11 @@ pub struct VitBlock {
 
 impl VitBlock {
     pub fn new(width: usize, num_heads: usize, device: &Device) -> Self {
-        let norm = || LayerNormConfig::new(width).with_epsilon(LAYER_NORM_EPSILON).init(device);
+        let norm = || {
+            LayerNormConfig::new(width)
+                .with_epsilon(LAYER_NORM_EPSILON)
+                .init(device)
+        };
         Self {
             attention_norm: norm(),
             attention: SelfAttention::new(width, num_heads, device),
@@ -125,7 +129,9 @@ impl CouplingNet {
             blocks: (0..depth)
                 .map(|_| VitBlock::new(width, num_heads, device))
                 .collect(),
-            final_norm: LayerNormConfig::new(width).with_epsilon(LAYER_NORM_EPSILON).init(device),
+            final_norm: LayerNormConfig::new(width)
+                .with_epsilon(LAYER_NORM_EPSILON)
+                .init(device),
             output: LinearConfig::new(width, 2 * half_dim)
                 .with_initializer(Initializer::Zeros)
                 .init(device),

@@ -671,7 +671,9 @@ fn drop_metrics_after(out: &Path, step: usize) -> Result<()> {
     };
     let row_step = |line: &str| -> Option<u64> {
         let row: serde_json::Value = serde_json::from_str(line).ok()?;
-        let step = row.get("step").or_else(|| row.get("metrics")?.get("step"))?;
+        let step = row
+            .get("step")
+            .or_else(|| row.get("metrics")?.get("step"))?;
         step.as_u64()
     };
     let kept: Vec<&str> = text
