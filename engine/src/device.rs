@@ -80,11 +80,33 @@ impl ComputeDevice {
                         .into(),
                 )
             }),
+            BackendChoice::Auto if !may_have_gpu() => Ok(Self::cpu()),
             BackendChoice::Auto => Ok(probe_wgpu()
                 .filter(|gpu| !gpu.software)
                 .unwrap_or_else(Self::cpu)),
         }
     }
+}
+
+/// Returns false when the machine certainly has no GPU, so that `Auto` skips the wgpu probe.
+/// The probe leaves a polling device thread behind (about 10% of a core on the 2-core
+/// development machine), and outside a desktop session the Vulkan loader prints errors.
+///
+/// NOTE: on Linux this looks for the device nodes of GPU drivers (`/dev/dri/renderD*`,
+/// `/dev/nvidia*`); a GPU that exposes neither would need `--device gpu`. Elsewhere it
+/// always returns true.
+fn may_have_gpu() -> bool {
+    if !cfg!(target_os = "linux") {
+        return true;
+    }
+    let has_entry = |dir: &str, prefix: &str| {
+        std::fs::read_dir(dir).is_ok_and(|entries| {
+            entries
+                .filter_map(|entry| entry.ok())
+                .any(|entry| entry.file_name().to_string_lossy().starts_with(prefix))
+        })
+    };
+    has_entry("/dev/dri", "renderD") || has_entry("/dev", "nvidia")
 }
 
 /// Opens the default wgpu adapter, if any. Opening can panic inside the driver stack when no
