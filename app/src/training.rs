@@ -246,7 +246,7 @@ pub fn run_train(args: TrainArgs, device: &ComputeDevice) -> Result<()> {
             sample_prompts,
             optimizer: OptimizerConfig {
                 learning_rate: args.learning_rate,
-                total_steps: args.steps.unwrap_or(10_000),
+                total_steps: args.steps.unwrap_or(OptimizerConfig::default().total_steps),
                 ..OptimizerConfig::default()
             },
             ..RunConfig::default()

@@ -47,7 +47,9 @@ pub fn run(jet: &Jet, x: Tensor<3>, direction: Direction) -> (Tensor<3>, Tensor<
         .into_data()
         .convert::<f32>()
         .try_into_vec::<f32>()
-        .expect("a converted tensor holds f32 values");
+        .expect("tensor data converts to f32");
+    // NOTE: the weights are copied to host memory on every call (about 1 MB for the `small`
+    // preset), so each streamed preview pays that copy again.
     let log_det = CpuJet::new(jet).run(&mut values, dims[0], direction);
     (
         Tensor::from_data(TensorData::new(values, dims), &device),
@@ -115,7 +117,7 @@ impl CpuJet {
 /// Buffers of one task, reused by every coupling.
 struct Scratch {
     /// Untouched half, `[rows, half_dim]`.
-    kept: Vec<f32>,
+    untouched: Vec<f32>,
     /// Residual stream, `[rows, width]`.
     hidden: Vec<f32>,
     /// Layer norm output, then attention output, `[rows, width]`.
@@ -140,7 +142,7 @@ impl Scratch {
             .and_then(|n| n.blocks.first())
             .map_or(0, |b| b.mlp_in.outputs);
         Self {
-            kept: vec![0.0; rows * jet.token_dim / 2],
+            untouched: vec![0.0; rows * jet.token_dim / 2],
             hidden: vec![0.0; rows * width],
             normed: vec![0.0; rows * width],
             mixed: vec![0.0; rows * width],
@@ -155,9 +157,9 @@ impl Scratch {
 /// One coupling: its network and where its two halves sit in an image.
 struct CpuCoupling {
     net: CpuNet,
-    /// `kept[k]`: position in the image (`[num_tokens, token_dim]`, flat) of value `k` of the
-    /// network's input (`[num_tokens, half_dim]`, flat).
-    kept: Vec<usize>,
+    /// `untouched[k]`: position in the image (`[num_tokens, token_dim]`, flat) of value `k`
+    /// of the network's input (`[num_tokens, half_dim]`, flat).
+    untouched: Vec<usize>,
     /// `moved[k]`: position in the image of value `k` of the transformed half.
     moved: Vec<usize>,
 }
@@ -167,7 +169,7 @@ impl CpuCoupling {
         let permutation: Vec<usize> = int_values(&coupling.permutation);
         let half = token_dim / 2;
         let count = num_tokens * half;
-        let (kept, moved) = match coupling.kind {
+        let (untouched, moved) = match coupling.kind {
             // Value `j` of token `t` in each half is channel `permutation[j]` (or
             // `permutation[half + j]`) of token `t`.
             CouplingKind::Channels => (0..count)
@@ -193,7 +195,7 @@ impl CpuCoupling {
         };
         Self {
             net: CpuNet::new(&coupling.net),
-            kept,
+            untouched,
             moved,
         }
     }
@@ -207,13 +209,13 @@ impl CpuCoupling {
         direction: Direction,
         scratch: &mut Scratch,
     ) {
-        let per_image = self.kept.len();
+        let per_image = self.untouched.len();
         let image_len = images.len() / log_det.len();
-        for (image, kept) in images
+        for (image, untouched) in images
             .chunks(image_len)
-            .zip(scratch.kept.chunks_mut(per_image))
+            .zip(scratch.untouched.chunks_mut(per_image))
         {
-            for (value, &index) in kept.iter_mut().zip(&self.kept) {
+            for (value, &index) in untouched.iter_mut().zip(&self.untouched) {
                 *value = image[index];
             }
         }
@@ -273,10 +275,10 @@ impl CpuNet {
         }
     }
 
-    /// Reads `scratch.kept` and writes shift and raw scale to `scratch.affine`.
+    /// Reads `scratch.untouched` and writes shift and raw scale to `scratch.affine`.
     fn forward(&self, images: usize, s: &mut Scratch) {
-        let rows = s.kept.len() / self.input.inputs;
-        self.input.apply(&s.kept, rows, &mut s.hidden, false);
+        let rows = s.untouched.len() / self.input.inputs;
+        self.input.apply(&s.untouched, rows, &mut s.hidden, false);
         for (row, hidden) in s.hidden.chunks_mut(self.input.outputs).enumerate() {
             let token = row % (rows / images);
             let position = &self.position[token * self.input.outputs..][..self.input.outputs];
@@ -482,8 +484,8 @@ fn exp(x: f32) -> f32 {
     p * power
 }
 
-/// Views `data` as a strided matrix: element `(i, j)` is `data[i * row_stride + j * column_stride]`.
-/// Panics if it reaches past `data`.
+/// Views `data` as a strided matrix, with element `(i, j)` at
+/// `data[i * row_stride + j * column_stride]`. Panics if it reaches past `data`.
 fn view(
     data: &[f32],
     rows: usize,
@@ -517,7 +519,7 @@ fn float_values<const D: usize>(param: &Param<Tensor<D>>) -> Vec<f32> {
         .into_data()
         .convert::<f32>()
         .try_into_vec::<f32>()
-        .expect("a converted tensor holds f32 values")
+        .expect("tensor data converts to f32")
 }
 
 fn int_values(param: &Param<Tensor<1, burn::tensor::Int>>) -> Vec<usize> {
@@ -526,7 +528,7 @@ fn int_values(param: &Param<Tensor<1, burn::tensor::Int>>) -> Vec<usize> {
         .into_data()
         .convert::<i64>()
         .try_into_vec::<i64>()
-        .expect("a converted tensor holds i64 values")
+        .expect("tensor data converts to i64")
         .into_iter()
         .map(|v| v as usize)
         .collect()

@@ -676,16 +676,16 @@ fn drop_metrics_after(out: &Path, step: usize) -> Result<()> {
             .or_else(|| row.get("metrics")?.get("step"))?;
         step.as_u64()
     };
-    let kept: Vec<&str> = text
+    let remaining: Vec<&str> = text
         .lines()
         .filter(|line| row_step(line).is_none_or(|row| row <= step as u64))
         .collect();
-    if kept.len() == text.lines().count() {
+    if remaining.len() == text.lines().count() {
         return Ok(());
     }
-    let mut kept = kept.join("\n");
-    kept.push('\n');
-    write_atomically(&path, kept.as_bytes())
+    let mut remaining = remaining.join("\n");
+    remaining.push('\n');
+    write_atomically(&path, remaining.as_bytes())
 }
 
 /// Writes `run.json` atomically.
