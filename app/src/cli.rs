@@ -9,7 +9,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Parser, Subcommand};
 use image::RgbImage;
 use indicatif::{ProgressBar, ProgressStyle};
-use jetformer_engine::checkpoint::{Bundle, load_bundle};
+use jetformer_engine::checkpoint::{Bundle, CaptionPriors, PRIORS_FILE, load_bundle};
 use jetformer_engine::image::{DecodeLimits, load_rgb};
 use jetformer_engine::infer::{
     self, CancelToken, CaptionOptions, Event, GenerateOptions, Interpolation,
@@ -27,6 +27,10 @@ pub struct Cli {
     /// Compute backend: auto (a hardware GPU if there is one, else the CPU), gpu or cpu.
     #[arg(long, global = true, default_value = "auto")]
     device: BackendChoice,
+    /// Window renderer: auto (wgpu, or OpenGL on a machine without a GPU, where Mesa's
+    /// software rasterizer draws it faster), wgpu or glow. Used only by the window.
+    #[arg(long, global = true, value_enum, default_value_t = jetformer::gui::RendererChoice::Auto)]
+    renderer: jetformer::gui::RendererChoice,
     /// Print results as JSON.
     #[arg(long, global = true)]
     json: bool,
@@ -79,6 +83,10 @@ enum Command {
         /// Number of captions to print (at least 1).
         #[arg(long, default_value_t = 5, value_parser = clap::value_parser!(u16).range(1..))]
         top: u16,
+        /// Rank by plain likelihood even when the model's caption-priors.json covers every
+        /// candidate (by default such a ranking subtracts each caption's prior).
+        #[arg(long)]
+        plain: bool,
     },
     /// Bits per dimension of images, unconditional or given a caption.
     Bpd {
@@ -175,7 +183,22 @@ pub fn run(cli: Cli) -> Result<()> {
             image,
             captions,
             top,
-        } => run_rank(&bundle, &image, &captions, usize::from(top), cli.json),
+            plain,
+        } => {
+            let priors = if plain {
+                None
+            } else {
+                CaptionPriors::load(&model_dir)?
+            };
+            run_rank(
+                &bundle,
+                &image,
+                &captions,
+                priors.as_ref(),
+                usize::from(top),
+                cli.json,
+            )
+        }
         Command::Bpd { images, caption } => run_bpd(&bundle, &images, caption.as_deref(), cli.json),
         Command::Interpolate {
             first,
@@ -322,6 +345,7 @@ fn run_rank(
     bundle: &Bundle,
     path: &Path,
     captions_file: &Path,
+    priors: Option<&CaptionPriors>,
     top: usize,
     json: bool,
 ) -> Result<()> {
@@ -344,24 +368,35 @@ fn run_rank(
         .collect::<Result<Vec<_>>>()?;
     let image = load_images(bundle, &[path.to_path_buf()])?.remove(0);
     let scores = infer::score_captions(&bundle.model, &image, &ids, 64)?;
+    // Calibrated scores order the captions and give the probabilities; log-prob stays plain.
+    let calibrated = priors.and_then(|priors| priors.calibrate(&candidates, &scores));
+    let ranking = calibrated.as_ref().unwrap_or(&scores);
     let mut order: Vec<usize> = (0..scores.len()).collect();
-    order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]));
-    let max = scores[order[0]];
-    let total: f64 = scores.iter().map(|s| (s - max).exp()).sum();
+    order.sort_by(|&a, &b| ranking[b].total_cmp(&ranking[a]));
+    let max = ranking[order[0]];
+    let total: f64 = ranking.iter().map(|s| (s - max).exp()).sum();
     let ranked: Vec<(&str, f64, f64)> = order
         .iter()
         .take(top.max(1))
-        .map(|&i| (candidates[i], scores[i], (scores[i] - max).exp() / total))
+        .map(|&i| (candidates[i], scores[i], (ranking[i] - max).exp() / total))
         .collect();
     if json {
         let rows: Vec<_> = ranked
             .iter()
             .map(|(caption, log_prob, probability)| {
-                json!({ "caption": caption, "log_prob": log_prob, "probability": probability })
+                json!({
+                    "caption": caption,
+                    "log_prob": log_prob,
+                    "probability": probability,
+                    "calibrated": calibrated.is_some(),
+                })
             })
             .collect();
         println!("{}", serde_json::Value::Array(rows));
     } else {
+        if calibrated.is_some() {
+            println!("ranked by log-prob minus each caption's prior ({PRIORS_FILE})");
+        }
         println!("probability\tlog-prob\tcaption");
         for (caption, log_prob, probability) in ranked {
             println!("{probability:.3}\t{log_prob:.2}\t{caption}");

@@ -31,6 +31,22 @@ pub struct LaunchOptions {
     pub model_dir: Option<PathBuf>,
     /// Compute backend from `--device`.
     pub backend: BackendChoice,
+    /// Window renderer from `--renderer`.
+    pub renderer: RendererChoice,
+}
+
+/// How the window is drawn.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
+pub enum RendererChoice {
+    /// wgpu, with the canvas's WGSL shader, unless the machine has no GPU (Linux without GPU
+    /// device nodes): then OpenGL, which Mesa's software rasterizer draws about five times
+    /// faster than its Vulkan driver (BENCHMARKS.md).
+    #[default]
+    Auto,
+    /// wgpu (Vulkan, Metal or DX12), with the canvas drawn by its WGSL shader.
+    Wgpu,
+    /// OpenGL through glow; the canvas is drawn by egui.
+    Glow,
 }
 
 /// Returns the bundled model's directory in the source tree, as the command line does.
@@ -46,11 +62,18 @@ pub fn run(options: LaunchOptions) -> Result<()> {
         .with_inner_size([1200.0, 780.0])
         .with_min_inner_size([640.0, 420.0])
         .with_drag_and_drop(true);
+    let first = match options.renderer {
+        RendererChoice::Wgpu => eframe::Renderer::Wgpu,
+        RendererChoice::Glow => eframe::Renderer::Glow,
+        RendererChoice::Auto if jetformer_engine::device::may_have_gpu() => eframe::Renderer::Wgpu,
+        RendererChoice::Auto => eframe::Renderer::Glow,
+    };
     let native = eframe::NativeOptions {
         viewport,
-        renderer: eframe::Renderer::Wgpu,
+        renderer: first,
         ..Default::default()
     };
+    log::info!("window renderer: {first}");
     let launch = options.clone();
     let result = eframe::run_native(
         APP_NAME,
@@ -60,11 +83,15 @@ pub fn run(options: LaunchOptions) -> Result<()> {
     let Err(error) = result else {
         return Ok(());
     };
-    // The wgpu renderer failed to start (no Vulkan, Metal or DX12 adapter): try OpenGL, where
-    // the canvas draws through egui instead of its shader.
-    log::warn!("the wgpu renderer failed ({error}); retrying with OpenGL");
+    // The first renderer failed to start (no Vulkan, Metal or DX12 adapter, or no OpenGL):
+    // try the other. Under OpenGL the canvas draws through egui instead of its shader.
+    let second = match first {
+        eframe::Renderer::Glow => eframe::Renderer::Wgpu,
+        _ => eframe::Renderer::Glow,
+    };
+    log::warn!("the {first} renderer failed ({error}); retrying with {second}");
     let native = eframe::NativeOptions {
-        renderer: eframe::Renderer::Glow,
+        renderer: second,
         ..native
     };
     eframe::run_native(
@@ -124,6 +151,8 @@ pub struct JetformerApp {
     pending_strip: Option<u64>,
     last_error: Option<String>,
     next_id: u64,
+    /// When the window opened, the origin of the frame times in the trace log.
+    opened: Instant,
 }
 
 impl JetformerApp {
@@ -167,6 +196,7 @@ impl JetformerApp {
             pending_strip: None,
             last_error: None,
             next_id: 1,
+            opened: Instant::now(),
         };
         app.load_model(model_dir);
         Ok(app)
@@ -670,6 +700,11 @@ impl JetformerApp {
     pub fn show(&mut self, ui: &mut egui::Ui) {
         let ctx = ui.ctx().clone();
         self.poll_worker(&ctx);
+        // Every frame's time, for measuring the frame rate outside runs (`RUST_LOG=jetformer=trace`).
+        log::trace!(
+            "frame at {:.1} ms",
+            self.opened.elapsed().as_secs_f64() * 1e3
+        );
         // Frame timing during a run, for measuring the frame rate (`RUST_LOG=jetformer=debug`).
         if let Some(run) = self.run.as_ref().filter(|run| run.is_running()) {
             log::debug!(

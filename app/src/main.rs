@@ -9,7 +9,7 @@ mod training;
 use std::path::PathBuf;
 
 use clap::{CommandFactory, FromArgMatches};
-use jetformer::gui::{self, LaunchOptions};
+use jetformer::gui::{self, LaunchOptions, RendererChoice};
 use jetformer_engine::BackendChoice;
 
 fn main() -> std::process::ExitCode {
@@ -19,11 +19,15 @@ fn main() -> std::process::ExitCode {
     .init();
     let matches = cli::Cli::command().get_matches();
     let result = if matches.subcommand().is_none() {
-        // The global `--model` and `--device` flags apply to the window too.
+        // The global `--model`, `--device` and `--renderer` flags apply to the window.
         gui::run(LaunchOptions {
             model_dir: matches.get_one::<PathBuf>("model").cloned(),
             backend: matches
                 .get_one::<BackendChoice>("device")
+                .copied()
+                .unwrap_or_default(),
+            renderer: matches
+                .get_one::<RendererChoice>("renderer")
                 .copied()
                 .unwrap_or_default(),
         })

@@ -10,6 +10,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use jetformer_engine::checkpoint::{Bundle, write_atomically};
+use jetformer_engine::config::LossConfig;
 use jetformer_engine::text::{TextCodec, train_tokenizer};
 use jetformer_engine::train::OptimizerConfig;
 use jetformer_engine::train::data::{Dataset, split_dir};
@@ -84,7 +85,34 @@ pub struct TrainArgs {
     /// Stop after this many steps of this invocation (the run can be resumed later).
     #[arg(long)]
     max_steps: Option<usize>,
+    /// RGB noise std at the start of the curriculum, on the 0..255 scale [default: 64]. With
+    /// --resume, it applies to the new cycle that --steps starts.
+    #[arg(long)]
+    rgb_noise_start: Option<f64>,
+    /// RGB noise std at the end of the curriculum [default: 3; the reference uses 0 for
+    /// class-conditional models]. With --resume, it applies to the new cycle.
+    #[arg(long)]
+    rgb_noise_end: Option<f64>,
+    /// Weight of the text loss (nats per token) against image bits/dim [default: 0.0025].
+    /// With --resume, it applies to the new cycle.
+    #[arg(long)]
+    text_loss_weight: Option<f64>,
 }
+
+impl TrainArgs {
+    /// Returns `loss` with the settings given on the command line.
+    fn loss_settings(&self, loss: &LossConfig) -> LossConfig {
+        LossConfig {
+            rgb_noise_start_u8: self.rgb_noise_start.unwrap_or(loss.rgb_noise_start_u8),
+            rgb_noise_end_u8: self.rgb_noise_end.unwrap_or(loss.rgb_noise_end_u8),
+            text_loss_weight: self.text_loss_weight.unwrap_or(loss.text_loss_weight),
+            ..loss.clone()
+        }
+    }
+}
+
+/// Training images over which the concept names' priors are averaged by default.
+const PRIOR_IMAGES: usize = 64;
 
 /// Arguments of `jetformer eval`.
 #[derive(Args, Debug)]
@@ -101,6 +129,9 @@ pub struct EvalArgs {
     /// Held-out concepts generated for prompt fidelity (default: all).
     #[arg(long)]
     prompt_limit: Option<usize>,
+    /// Training images over which each name's prior is averaged for the calibrated ranking.
+    #[arg(long, default_value_t = PRIOR_IMAGES)]
+    prior_images: usize,
     /// JSON file for the results (default: eval-SPLIT.json in the model folder).
     #[arg(long)]
     out: Option<PathBuf>,
@@ -186,6 +217,7 @@ pub fn run_train(args: TrainArgs, device: &ComputeDevice) -> Result<()> {
     let mut run = if args.resume {
         let config = JetFormerConfig::load(&args.out.join("config.json"))
             .context("--resume needs a run started in --out")?;
+        let loss = args.loss_settings(&config.loss);
         let text = TextCodec::load(&args.out.join("tokenizer.json"), config.text.clone())?;
         let train_data = TrainingData::new(&train, &text)?;
         let held_out = test
@@ -198,6 +230,7 @@ pub fn run_train(args: TrainArgs, device: &ComputeDevice) -> Result<()> {
             held_out,
             concepts,
             args.steps,
+            Some(loss),
             &device.device,
         )?
     } else {
@@ -211,6 +244,7 @@ pub fn run_train(args: TrainArgs, device: &ComputeDevice) -> Result<()> {
         let vocab = tokenizer.get_vocab_size(true);
         // The text ids follow the tokenizer: its vocabulary, then BOS, BOI, NOLABEL, EOS.
         let mut config = preset;
+        config.loss = args.loss_settings(&config.loss);
         config.text.vocab_size = vocab + 4;
         config.text.bos_id = vocab;
         config.text.boi_id = vocab + 1;
@@ -328,6 +362,9 @@ pub fn run_train(args: TrainArgs, device: &ComputeDevice) -> Result<()> {
         }
     })?;
     bar.finish_and_clear();
+    if run.trainer.step == run.settings.optimizer.total_steps {
+        run.save_caption_priors(PRIOR_IMAGES)?;
+    }
     println!(
         "model written to {} (step {})",
         args.out.display(),
@@ -343,6 +380,7 @@ pub fn run_eval(bundle: &Bundle, model_dir: &Path, args: &EvalArgs, json: bool) 
     let options = EvalOptions {
         limit: args.limit,
         prompt_limit: args.prompt_limit,
+        prior_images: args.prior_images,
         ..EvalOptions::default()
     };
     let bar = ProgressBar::new(1);
@@ -364,6 +402,9 @@ pub fn run_eval(bundle: &Bundle, model_dir: &Path, args: &EvalArgs, json: bool) 
         },
     )?;
     bar.finish_and_clear();
+    if !report.priors.priors.is_empty() {
+        report.priors.save(model_dir)?;
+    }
     let value = json!({
         "split": args.split,
         "seconds": started.elapsed().as_secs_f64(),
@@ -390,6 +431,12 @@ pub fn run_eval(bundle: &Bundle, model_dir: &Path, args: &EvalArgs, json: bool) 
             100.0 * report.caption_top5,
             report.ranked_images,
             report.candidates
+        );
+        println!(
+            "calibrated ranking        top-1 {:.1}%  top-5 {:.1}%  (name priors from {} training images)",
+            100.0 * report.calibrated_top1,
+            100.0 * report.calibrated_top5,
+            report.prior_images
         );
         println!(
             "caption category          {:.1}%",

@@ -11,7 +11,7 @@ use std::time::Instant;
 use anyhow::{Context, Result, bail};
 use burn::tensor::Tensor;
 use image::RgbImage;
-use jetformer_engine::checkpoint::{Bundle, load_bundle};
+use jetformer_engine::checkpoint::{Bundle, CaptionPriors, load_bundle};
 use jetformer_engine::image::{DecodeLimits, load_rgb};
 use jetformer_engine::infer::{self, CancelToken, CaptionOptions, GenerateOptions, Interpolation};
 use jetformer_engine::{BackendChoice, ComputeDevice};
@@ -106,8 +106,11 @@ pub struct ModelInfo {
     pub num_tokens: usize,
     /// Candidate captions from [`CONCEPTS_FILE`]; empty when there is none.
     pub concepts: Vec<String>,
-    /// Reason ranking is off or partial, if it is.
+    /// Reason ranking is off, partial or not calibrated, if it is.
     pub concepts_note: Option<String>,
+    /// Log priors of the concepts (`caption-priors.json`), which calibrate the ranking when
+    /// present.
+    pub priors: Option<CaptionPriors>,
 }
 
 /// Results for one dropped image.
@@ -120,6 +123,9 @@ pub struct Understanding {
     /// The best candidate captions with their probabilities (a softmax over all candidates),
     /// highest first. Empty when the model has no candidates.
     pub ranking: Vec<(String, f64)>,
+    /// Whether the ranking subtracted each caption's prior from its log-likelihood, which
+    /// makes the probabilities those of a uniform prior over the candidates.
+    pub calibrated: bool,
     /// Unconditional bits per dimension of the model view.
     pub bits_per_dim: f64,
 }
@@ -328,7 +334,18 @@ impl WorkerState {
             )
         })?;
         let config = &bundle.model.config;
-        let (concepts, concepts_note) = read_concepts(&bundle, dir);
+        let (concepts, mut concepts_note) = read_concepts(&bundle, dir);
+        let priors = match CaptionPriors::load(dir) {
+            Ok(priors) => priors,
+            Err(error) => {
+                let note = format!("ranking is not calibrated: {error}");
+                concepts_note = Some(match concepts_note {
+                    Some(first) => format!("{first}; {note}"),
+                    None => note,
+                });
+                None
+            }
+        };
         let name = if config.name.is_empty() {
             dir.file_name()
                 .map(|name| name.to_string_lossy().into_owned())
@@ -345,6 +362,7 @@ impl WorkerState {
             num_tokens: config.num_tokens(),
             concepts,
             concepts_note,
+            priors,
         };
         log::info!("loaded model {} from {}", info.name, dir.display());
         self.bundle = Some(bundle);
@@ -427,6 +445,7 @@ impl WorkerState {
             .first()
             .map(|ids| bundle.text.decode(ids))
             .unwrap_or_default();
+        let mut calibrated = false;
         let ranking = if info.concepts.is_empty() {
             Vec::new()
         } else {
@@ -437,7 +456,12 @@ impl WorkerState {
                 .collect::<Result<Vec<_>>>()?;
             // NOTE: the card shows once every candidate is scored. With the bundled model's
             // 1906 concepts, `jetformer rank` took 0.85 s on a busy 2-core CPU.
-            let scores = infer::score_captions(model, &model_view, &ids, SCORE_BATCH)?;
+            let mut scores = infer::score_captions(model, &model_view, &ids, SCORE_BATCH)?;
+            let priors = info.priors.as_ref();
+            if let Some(adjusted) = priors.and_then(|p| p.calibrate(&info.concepts, &scores)) {
+                scores = adjusted;
+                calibrated = true;
+            }
             top_probabilities(&info.concepts, &scores, TOP_CAPTIONS)
         };
         let bits_per_dim = infer::bits_per_dim(model, images, None, 0)?
@@ -448,6 +472,7 @@ impl WorkerState {
             model_view,
             caption,
             ranking,
+            calibrated,
             bits_per_dim,
         })
     }

@@ -4,14 +4,10 @@
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 
-use burn::tensor::Device;
 use image::RgbImage;
-use jetformer_engine::checkpoint::save_bundle;
-use jetformer_engine::config::TextConfig;
-use jetformer_engine::text::{TextCodec, train_tokenizer};
-use jetformer_engine::{JetFormer, JetFormerConfig};
 
-const CAPTIONS: [&str; 4] = ["red square", "blue circle", "green stripes", "yellow star"];
+mod common;
+use common::{CAPTIONS, write_tiny_model};
 
 struct Fixture {
     dir: PathBuf,
@@ -22,21 +18,7 @@ impl Fixture {
         let dir = std::env::temp_dir().join(format!("jetformer-cli-{}-{name}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(dir.join("model")).expect("create");
-        let tokenizer = train_tokenizer(&CAPTIONS, 280).expect("tokenizer");
-        let vocab = tokenizer.get_vocab_size(true);
-        let mut config = JetFormerConfig::tiny();
-        config.text = TextConfig {
-            vocab_size: vocab + 4,
-            max_len: 6,
-            bos_id: vocab,
-            boi_id: vocab + 1,
-            nolabel_id: vocab + 2,
-            eos_id: vocab + 3,
-        };
-        config.validate().expect("config");
-        let model = JetFormer::new(&config, &Device::flex());
-        let text = TextCodec::new(tokenizer, config.text.clone()).expect("codec");
-        save_bundle(&model, &text, &dir.join("model")).expect("save");
+        write_tiny_model(&dir.join("model"), 6);
         for (index, color) in [[200u8, 30, 30], [30, 30, 200]].iter().enumerate() {
             RgbImage::from_pixel(40, 24, image::Rgb(*color))
                 .save(dir.join(format!("image{index}.png")))
@@ -133,6 +115,42 @@ fn every_command_runs() {
     assert!(rank.status.success(), "{}", text(&rank.stderr));
     let rows: serde_json::Value = serde_json::from_slice(&rank.stdout).expect("json");
     assert_eq!(rows.as_array().map(Vec::len), Some(3));
+    assert_eq!(
+        rows[0]["calibrated"], false,
+        "ranked without caption-priors.json"
+    );
+
+    // Priors beside the model calibrate the ranking: a caption with a very low prior wins.
+    let priors = |entries: &[(&str, f64)]| {
+        let priors: serde_json::Map<String, serde_json::Value> = entries
+            .iter()
+            .map(|(caption, prior)| (caption.to_string(), serde_json::json!(prior)))
+            .collect();
+        let json = serde_json::json!({ "images": 2, "priors": priors });
+        std::fs::write(fixture.path("model/caption-priors.json"), json.to_string())
+            .expect("write priors");
+    };
+    let rank_top = |extra: &[&str]| {
+        let captions = fixture.path("captions.txt");
+        let mut args = vec!["--json", "rank", p(&image0), "--captions", p(&captions)];
+        args.extend_from_slice(extra);
+        let output = fixture.run(&args);
+        assert!(output.status.success(), "{}", text(&output.stderr));
+        let rows: serde_json::Value = serde_json::from_slice(&output.stdout).expect("json");
+        (rows[0]["caption"].clone(), rows[0]["calibrated"].clone())
+    };
+    let mut entries: Vec<(&str, f64)> = CAPTIONS.iter().map(|caption| (*caption, 0.0)).collect();
+    entries[3].1 = -1000.0;
+    priors(&entries);
+    assert_eq!(rank_top(&[]), (CAPTIONS[3].into(), true.into()));
+    assert_eq!(rank_top(&["--plain"]).1, false);
+    priors(&entries[..3]);
+    assert_eq!(
+        rank_top(&[]).1,
+        false,
+        "a caption without a prior must leave it plain"
+    );
+    std::fs::remove_file(fixture.path("model/caption-priors.json")).expect("remove priors");
 
     let bpd = fixture.run(&["--json", "bpd", p(&image0), "--caption", "red square"]);
     assert!(bpd.status.success(), "{}", text(&bpd.stderr));

@@ -12,16 +12,15 @@ use eframe::egui::accesskit::Role;
 use egui_kittest::Harness;
 use egui_kittest::kittest::{NodeT, Queryable};
 use image::RgbImage;
-use jetformer::gui::{JetformerApp, LaunchOptions};
+use jetformer::gui::{JetformerApp, LaunchOptions, RendererChoice};
 use jetformer::state::Settings;
-use jetformer_engine::checkpoint::{load_bundle, save_bundle};
-use jetformer_engine::config::TextConfig;
+use jetformer_engine::checkpoint::load_bundle;
 use jetformer_engine::image::{DecodeLimits, load_rgb};
 use jetformer_engine::infer::{self, CaptionOptions};
-use jetformer_engine::text::{TextCodec, train_tokenizer};
-use jetformer_engine::{BackendChoice, JetFormer, JetFormerConfig};
+use jetformer_engine::{BackendChoice, JetFormerConfig};
 
-const CAPTIONS: [&str; 4] = ["red square", "blue circle", "green stripes", "yellow star"];
+mod common;
+use common::{CAPTIONS, write_tiny_model};
 
 /// Maximum wait for the worker. The tiny model responds in milliseconds.
 const TIMEOUT: Duration = Duration::from_secs(120);
@@ -36,21 +35,7 @@ impl Fixture {
         let dir = std::env::temp_dir().join(format!("jetformer-gui-{}-{name}", std::process::id()));
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(dir.join("model")).expect("create");
-        let tokenizer = train_tokenizer(&CAPTIONS, 280).expect("tokenizer");
-        let vocab = tokenizer.get_vocab_size(true);
-        let mut config = JetFormerConfig::tiny();
-        config.text = TextConfig {
-            vocab_size: vocab + 4,
-            max_len: 16,
-            bos_id: vocab,
-            boi_id: vocab + 1,
-            nolabel_id: vocab + 2,
-            eos_id: vocab + 3,
-        };
-        config.validate().expect("config");
-        let model = JetFormer::new(&config, &Device::flex());
-        let text = TextCodec::new(tokenizer, config.text.clone()).expect("codec");
-        save_bundle(&model, &text, &dir.join("model")).expect("save");
+        let config = write_tiny_model(&dir.join("model"), 16);
         std::fs::write(dir.join("model/concepts.txt"), CAPTIONS.join("\n")).expect("concepts");
         RgbImage::from_pixel(40, 24, image::Rgb([200, 30, 30]))
             .save(dir.join("red.png"))
@@ -98,6 +83,7 @@ fn harness(model_dir: PathBuf) -> AppHarness {
                     let launch = LaunchOptions {
                         model_dir: Some(model_dir.clone()),
                         backend: BackendChoice::Cpu,
+                        renderer: RendererChoice::Auto,
                     };
                     JetformerApp::new(ui.ctx(), Settings::default(), launch, false)
                         .expect("start the app")

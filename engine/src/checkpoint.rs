@@ -17,6 +17,8 @@ pub const WEIGHTS_FILE: &str = "model.safetensors";
 pub const CONFIG_FILE: &str = "config.json";
 /// File name of the tokenizer inside a checkpoint directory.
 pub const TOKENIZER_FILE: &str = "tokenizer.json";
+/// File name of the caption priors beside a model (optional).
+pub const PRIORS_FILE: &str = "caption-priors.json";
 
 /// Writes `bytes` to a temporary file beside `path`, flushes it, then renames it over `path`,
 /// so a crash never leaves a partial file where a good one was.
@@ -160,4 +162,77 @@ pub fn load_bundle(dir: &Path, device: &Device) -> Result<Bundle> {
 pub fn save_bundle(model: &JetFormer, text: &crate::text::TextCodec, dir: &Path) -> Result<()> {
     save(model, dir)?;
     text.save(&dir.join(TOKENIZER_FILE))
+}
+
+/// Log priors of a model's candidate captions (see [`crate::infer::caption_priors`]), kept
+/// beside the model in [`PRIORS_FILE`] so that ranking can be calibrated without scoring the
+/// reference images again.
+#[derive(Clone, Debug, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct CaptionPriors {
+    /// Reference images the priors were averaged over.
+    pub images: usize,
+    /// Log prior in nats of each caption.
+    pub priors: std::collections::BTreeMap<String, f64>,
+}
+
+impl CaptionPriors {
+    /// Reads the priors beside the model in `dir`; `None` when there is no such file.
+    pub fn load(dir: &Path) -> Result<Option<Self>> {
+        let path = dir.join(PRIORS_FILE);
+        if !path.exists() {
+            return Ok(None);
+        }
+        read_json(&path).map(Some)
+    }
+
+    /// Writes the priors beside the model in `dir`, atomically.
+    pub fn save(&self, dir: &Path) -> Result<()> {
+        let path = dir.join(PRIORS_FILE);
+        let json = serde_json::to_string_pretty(self).map_err(|source| Error::Json {
+            path: path.clone(),
+            source,
+        })?;
+        write_atomically(&path, json.as_bytes())
+    }
+
+    /// Returns `scores` minus each caption's prior, or `None` when a caption has no prior (a
+    /// ranking that mixed calibrated and plain scores would compare unlike numbers).
+    pub fn calibrate(&self, captions: &[impl AsRef<str>], scores: &[f64]) -> Option<Vec<f64>> {
+        captions
+            .iter()
+            .zip(scores)
+            .map(|(caption, score)| Some(score - self.priors.get(caption.as_ref())?))
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn priors_calibrate_only_known_captions() {
+        let priors = CaptionPriors {
+            images: 2,
+            priors: [("cat".to_string(), -2.0), ("dog".to_string(), -5.0)].into(),
+        };
+        assert_eq!(
+            priors.calibrate(&["cat", "dog"], &[-3.0, -4.0]),
+            Some(vec![-1.0, 1.0])
+        );
+        assert_eq!(priors.calibrate(&["cat", "car"], &[-3.0, -4.0]), None);
+
+        let dir = std::env::temp_dir().join(format!("jetformer-priors-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).expect("create");
+        assert_eq!(
+            CaptionPriors::load(&dir).expect("no file is not an error"),
+            None
+        );
+        priors.save(&dir).expect("save");
+        assert_eq!(CaptionPriors::load(&dir).expect("load"), Some(priors));
+        std::fs::write(dir.join(PRIORS_FILE), "{").expect("write");
+        let error = CaptionPriors::load(&dir).expect_err("a broken file is an error");
+        assert!(error.to_string().contains(PRIORS_FILE), "{error}");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
 }

@@ -88,14 +88,15 @@ impl ComputeDevice {
     }
 }
 
-/// Returns false when the machine certainly has no GPU, so that `Auto` skips the wgpu probe.
+/// Returns false when the machine certainly has no GPU, so that `Auto` skips the wgpu probe
+/// (and the window draws through OpenGL, which Mesa's software rasterizer runs faster).
 /// The probe leaves a polling device thread behind (about 10% of a core on the 2-core
 /// development machine), and outside a desktop session the Vulkan loader prints errors.
 ///
 /// NOTE: on Linux this looks for the device nodes of GPU drivers (`/dev/dri/renderD*`,
 /// `/dev/nvidia*`); a GPU that exposes neither would need `--device gpu`. Elsewhere it
 /// always returns true.
-fn may_have_gpu() -> bool {
+pub fn may_have_gpu() -> bool {
     if !cfg!(target_os = "linux") {
         return true;
     }

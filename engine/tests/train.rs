@@ -123,8 +123,16 @@ fn run_resumes_exactly_after_kill() {
     assert!(latest_checkpoint(&killed_dir).expect("list").is_some());
 
     let data = TrainingData::new(&setup.dataset, &setup.text).expect("data");
-    let mut resumed =
-        Run::resume(&killed_dir, data, None, Vec::new(), None, &Device::flex()).expect("resumes");
+    let mut resumed = Run::resume(
+        &killed_dir,
+        data,
+        None,
+        Vec::new(),
+        None,
+        None,
+        &Device::flex(),
+    )
+    .expect("resumes");
     assert_eq!(resumed.trainer.step, 3);
     let resumed_losses: Vec<f64> = (0..3).map(|_| resumed.step().loss.total).collect();
     assert_eq!(
@@ -137,6 +145,61 @@ fn run_resumes_exactly_after_kill() {
         weights(&straight.trainer.model)
     );
     assert_eq!(weights(&resumed.ema), weights(&straight.ema));
+}
+
+#[test]
+fn loss_change_needs_new_cycle() {
+    let setup = setup();
+    let model = JetFormer::new(&setup.config, &Device::flex().autodiff());
+    let out = tempdir("new-cycle");
+    let mut run = start(&setup, model, 4, &out);
+    run.step();
+    run.save_checkpoint().expect("checkpoint");
+    drop(run);
+    let data = || TrainingData::new(&setup.dataset, &setup.text).expect("data");
+    let loss = jetformer_engine::config::LossConfig {
+        rgb_noise_end_u8: 0.0,
+        text_loss_weight: 0.05,
+        ..setup.config.loss.clone()
+    };
+
+    let rejected = Run::resume(
+        &out,
+        data(),
+        None,
+        Vec::new(),
+        None,
+        Some(loss.clone()),
+        &Device::flex(),
+    );
+    let message = rejected
+        .err()
+        .expect("a loss change without a new cycle is rejected")
+        .to_string();
+    assert!(message.contains("--steps"), "{message}");
+    let saved = JetFormerConfig::load(&out.join("config.json")).expect("config");
+    assert_eq!(
+        saved.loss, setup.config.loss,
+        "a rejected resume changed config.json"
+    );
+
+    let resumed = Run::resume(
+        &out,
+        data(),
+        None,
+        Vec::new(),
+        Some(8),
+        Some(loss.clone()),
+        &Device::flex(),
+    )
+    .expect("a new cycle may change the loss settings");
+    assert_eq!(resumed.trainer.model.config.loss, loss);
+    assert_eq!(resumed.settings.optimizer.cycle_start, 1);
+    let saved = JetFormerConfig::load(&out.join("config.json")).expect("config");
+    assert_eq!(
+        saved.loss, loss,
+        "config.json does not record the new loss settings"
+    );
 }
 
 #[test]

@@ -165,6 +165,21 @@ fn show_card(ui: &mut egui::Ui, card: &Card) -> Option<UnderstandAction> {
                 ui.vertical(|ui| {
                     ui.label(format!("Caption: {}", result.caption));
                     ui.label(format!("Bits per dimension: {:.3}", result.bits_per_dim));
+                    if !result.ranking.is_empty() {
+                        let heading = ui.weak("Best matching names");
+                        if result.calibrated {
+                            heading.on_hover_text(
+                                "Ranked by how much more likely the image makes each name than \
+                                 it is on average (each name's prior is in caption-priors.json)",
+                            );
+                        } else {
+                            heading.on_hover_text(
+                                "Ranked by the likelihood of each name given the image; short \
+                                 names are favoured. Run `jetformer eval` to write \
+                                 caption-priors.json, which calibrates the ranking",
+                            );
+                        }
+                    }
                     for (caption, probability) in &result.ranking {
                         ranking_row(ui, caption, *probability);
                     }

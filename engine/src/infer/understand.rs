@@ -202,6 +202,43 @@ pub fn score_captions(
     Ok(scores)
 }
 
+/// Estimates each caption's log prior under the model in nats,
+/// `log p(caption) = log mean_i p(caption | image_i)` over `images`. Subtracting it from
+/// [`score_captions`] ranks captions by how much more likely an image makes them (pointwise
+/// mutual information), which removes plain likelihood's preference for short and frequent
+/// captions.
+pub fn caption_priors(
+    model: &JetFormer,
+    images: &[RgbImage],
+    captions: &[Vec<usize>],
+    batch_size: usize,
+) -> Result<Vec<f64>> {
+    let scores = images
+        .iter()
+        .map(|image| score_captions(model, image, captions, batch_size))
+        .collect::<Result<Vec<_>>>()?;
+    Ok(log_mean_likelihoods(&scores, captions.len()))
+}
+
+/// Returns, for each of `captions` columns, the log of the mean of `exp(score)` over the rows
+/// of `scores` (one row of log-likelihoods per image). With no rows every value is 0.
+pub fn log_mean_likelihoods(scores: &[Vec<f64>], captions: usize) -> Vec<f64> {
+    let count = scores.len() as f64;
+    (0..captions)
+        .map(|caption| {
+            let max = scores
+                .iter()
+                .map(|row| row[caption])
+                .fold(f64::NEG_INFINITY, f64::max);
+            if !max.is_finite() {
+                return 0.0;
+            }
+            let sum: f64 = scores.iter().map(|row| (row[caption] - max).exp()).sum();
+            max + (sum / count).ln()
+        })
+        .collect()
+}
+
 fn pad_caption(model: &JetFormer, caption: &[usize]) -> Result<Vec<usize>> {
     let text = &model.config.text;
     if caption.len() > text.max_len {

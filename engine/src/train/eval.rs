@@ -8,6 +8,7 @@ use std::collections::BTreeMap;
 use image::RgbImage;
 use serde::{Deserialize, Serialize};
 
+use crate::checkpoint::CaptionPriors;
 use crate::error::{Error, Result};
 use crate::infer::{self, CancelToken, CaptionOptions, GenerateOptions};
 use crate::model::JetFormer;
@@ -21,6 +22,8 @@ pub struct EvalOptions {
     pub limit: Option<usize>,
     /// Held-out concepts generated for prompt fidelity; `None` for all.
     pub prompt_limit: Option<usize>,
+    /// Training images over which each name's prior is averaged for calibrated ranking.
+    pub prior_images: usize,
     /// Images per batch.
     pub batch_size: usize,
     /// Seed of dequantization noise and of generation.
@@ -32,6 +35,7 @@ impl Default for EvalOptions {
         Self {
             limit: None,
             prompt_limit: None,
+            prior_images: 64,
             batch_size: 32,
             seed: 0,
         }
@@ -55,6 +59,21 @@ pub struct EvalReport {
     pub caption_top1: f64,
     /// Fraction of ranked images whose own name is among the five best.
     pub caption_top5: f64,
+    /// Training images that estimate each name's prior for calibrated ranking.
+    #[serde(default)]
+    pub prior_images: usize,
+    /// Top-1 accuracy when names are ranked by `log p(name | image) - log p(name)`, with
+    /// `p(name)` the mean of `p(name | image)` over training images. This removes the bias
+    /// of plain likelihood towards short and frequent names.
+    #[serde(default)]
+    pub calibrated_top1: f64,
+    /// Top-5 accuracy of the calibrated ranking.
+    #[serde(default)]
+    pub calibrated_top5: f64,
+    /// The names' priors used by the calibrated ranking, to be saved beside the model
+    /// ([`crate::checkpoint::PRIORS_FILE`]). Not part of the report's JSON.
+    #[serde(skip)]
+    pub priors: CaptionPriors,
     /// Fraction of ranked images whose generated caption names a concept of their category.
     pub caption_category_accuracy: f64,
     /// Held-out concepts generated from their names.
@@ -124,6 +143,22 @@ pub fn evaluate(
         .map(|name| Ok(text.encode(name)?.ids))
         .collect::<Result<Vec<_>>>()?;
 
+    // Each name's prior: log of its mean likelihood over a spread of training images.
+    let reference_step = (train.examples.len() / options.prior_images.max(1)).max(1);
+    let reference: Vec<&Example> = train
+        .examples
+        .iter()
+        .step_by(reference_step)
+        .take(options.prior_images)
+        .collect();
+    let mut reference_scores = Vec::with_capacity(reference.len());
+    for (index, example) in reference.iter().enumerate() {
+        progress("name priors", index, reference.len());
+        let image = images_of(std::slice::from_ref(example)).remove(0);
+        reference_scores.push(infer::score_captions(model, &image, &name_ids, 128)?);
+    }
+    let priors = infer::log_mean_likelihoods(&reference_scores, names.len());
+
     // Caption ranking and generated-caption categories.
     let ranked: Vec<&Example> = all
         .iter()
@@ -132,18 +167,24 @@ pub fn evaluate(
         .collect();
     let mut top1 = 0usize;
     let mut top5 = 0usize;
+    let mut calibrated_top1 = 0usize;
+    let mut calibrated_top5 = 0usize;
     let mut category_hits = 0usize;
     for (index, example) in ranked.iter().enumerate() {
         progress("caption ranking", index, ranked.len());
         let image = images_of(std::slice::from_ref(example)).remove(0);
         let scores = infer::score_captions(model, &image, &name_ids, 128)?;
-        let own = scores[names
+        let own = names
             .iter()
             .position(|name| name.as_str() == example.concept())
-            .unwrap_or(0)];
-        let better = scores.iter().filter(|&&score| score > own).count();
-        top1 += usize::from(better == 0);
-        top5 += usize::from(better < 5);
+            .unwrap_or(0);
+        let rank = rank_of(&scores, own);
+        top1 += usize::from(rank == 0);
+        top5 += usize::from(rank < 5);
+        let calibrated: Vec<f64> = scores.iter().zip(&priors).map(|(s, p)| s - p).collect();
+        let rank = rank_of(&calibrated, own);
+        calibrated_top1 += usize::from(rank == 0);
+        calibrated_top5 += usize::from(rank < 5);
 
         let caption = infer::caption(
             model,
@@ -211,11 +252,27 @@ pub fn evaluate(
         candidates: names.len(),
         caption_top1: top1 as f64 / ranked_count,
         caption_top5: top5 as f64 / ranked_count,
+        prior_images: reference.len(),
+        calibrated_top1: calibrated_top1 as f64 / ranked_count,
+        calibrated_top5: calibrated_top5 as f64 / ranked_count,
+        priors: CaptionPriors {
+            images: reference.len(),
+            priors: names
+                .iter()
+                .map(|name| name.to_string())
+                .zip(priors)
+                .collect(),
+        },
         caption_category_accuracy: category_hits as f64 / ranked_count,
         prompts: prompts.len(),
         prompt_top1: prompt_top1 as f64 / prompt_count,
         prompt_top5: prompt_top5 as f64 / prompt_count,
     })
+}
+
+/// Returns how many candidates score above candidate `own`: 0 when it ranks first.
+fn rank_of(scores: &[f64], own: usize) -> usize {
+    scores.iter().filter(|&&score| score > scores[own]).count()
 }
 
 /// Returns the category of the concept a generated caption names: the concept equal to the
@@ -250,6 +307,22 @@ fn squared_distance(a: &[f32], b: &[f32]) -> f64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn priors_are_log_mean_likelihoods() {
+        let scores = vec![vec![-1.0, -3.0], vec![-2.0, -3.0]];
+        let priors = infer::log_mean_likelihoods(&scores, 2);
+        let expected = ((-1.0f64).exp() + (-2.0f64).exp()).ln() - 2.0f64.ln();
+        assert!((priors[0] - expected).abs() < 1e-12, "{priors:?}");
+        assert!((priors[1] + 3.0).abs() < 1e-12, "{priors:?}");
+        assert_eq!(infer::log_mean_likelihoods(&[], 2), vec![0.0, 0.0]);
+        // A short name that every image favours drops below a name this image favours.
+        let image = [-2.0, -2.5];
+        let frequent = infer::log_mean_likelihoods(&[vec![-1.0, -6.0], vec![-1.5, -6.5]], 2);
+        let calibrated: Vec<f64> = image.iter().zip(&frequent).map(|(s, p)| s - p).collect();
+        assert_eq!(rank_of(&image, 1), 1);
+        assert_eq!(rank_of(&calibrated, 1), 0);
+    }
 
     #[test]
     fn generated_captions_map_to_the_longest_named_concept() {

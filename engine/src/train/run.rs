@@ -28,7 +28,7 @@ use rand::{Rng, SeedableRng};
 use serde::{Deserialize, Serialize};
 
 use crate::checkpoint::{self, read_json, write_atomically};
-use crate::config::JetFormerConfig;
+use crate::config::{JetFormerConfig, LossConfig};
 use crate::error::{Error, Result};
 use crate::image::{pixels_pm1_from_u8, save_png};
 use crate::infer::{self, CancelToken, GenerateOptions};
@@ -386,17 +386,35 @@ impl Run {
     /// Resumes the run saved in `out` from its latest checkpoint. With `steps` other than the
     /// run's own, the run is extended (or shortened) to end at `steps`: a new cycle of warmup,
     /// cosine decay and noise curriculum starts at the checkpoint, and `run.json` records it.
+    /// A new cycle may also change the loss settings (`loss`), which `config.json` records;
+    /// changing them without a new cycle is rejected, since the resumed run would no longer
+    /// repeat an uninterrupted one.
     pub fn resume(
         out: &Path,
         train: TrainingData,
         held_out: Option<TrainingData>,
         concepts: Vec<String>,
         steps: Option<usize>,
+        loss: Option<LossConfig>,
         device: &Device,
     ) -> Result<Self> {
         let mut settings: RunConfig = read_json(&out.join(RUN_FILE))?;
         settings.validate()?;
-        let config = JetFormerConfig::load(&out.join(checkpoint::CONFIG_FILE))?;
+        let config_path = out.join(checkpoint::CONFIG_FILE);
+        let mut config = JetFormerConfig::load(&config_path)?;
+        let new_cycle = steps.is_some_and(|steps| steps != settings.optimizer.total_steps);
+        if let Some(loss) = loss.filter(|loss| *loss != config.loss) {
+            if !new_cycle {
+                return Err(Error::Input(format!(
+                    "the loss settings of {} can only change with a new cycle; pass --steps \
+                     above the run's {} steps",
+                    config_path.display(),
+                    settings.optimizer.total_steps
+                )));
+            }
+            config.loss = loss;
+            config.validate()?;
+        }
         let text = TextCodec::load(&out.join(checkpoint::TOKENIZER_FILE), config.text.clone())?;
         let Some(latest) = latest_checkpoint(out)? else {
             return Err(Error::Input(format!(
@@ -416,6 +434,7 @@ impl Run {
             settings.optimizer.cycle_start = state.step;
             settings.optimizer.total_steps = steps;
             write_settings(out, &settings)?;
+            config.save(&config_path)?;
         }
         drop_metrics_after(out, state.step)?;
         let mut model = JetFormer::new(&config, &device.clone().autodiff());
@@ -616,6 +635,37 @@ impl Run {
         write_atomically(&self.out.join(CONCEPTS_FILE), concepts.as_bytes())?;
         self.prune_checkpoints()?;
         Ok(final_dir)
+    }
+
+    /// Writes the log priors of the run's concept names, averaged over `images` training
+    /// images spread through the data, beside the model ([`checkpoint::PRIORS_FILE`]), so
+    /// that the window and `rank` can calibrate caption ranking.
+    pub fn save_caption_priors(&self, images: usize) -> Result<()> {
+        let names: Vec<&String> = self
+            .concepts
+            .iter()
+            .filter(|name| self.text.encode(name).is_ok())
+            .collect();
+        let ids = names
+            .iter()
+            .map(|name| Ok(self.text.encode(name)?.ids))
+            .collect::<Result<Vec<_>>>()?;
+        let side = self.train.size as u32;
+        let step = (self.train.pixels.len() / images.max(1)).max(1);
+        let reference: Vec<RgbImage> = self
+            .train
+            .pixels
+            .iter()
+            .step_by(step)
+            .take(images)
+            .filter_map(|pixels| RgbImage::from_raw(side, side, pixels.clone()))
+            .collect();
+        let priors = infer::caption_priors(&self.ema, &reference, &ids, 128)?;
+        checkpoint::CaptionPriors {
+            images: reference.len(),
+            priors: names.into_iter().cloned().zip(priors).collect(),
+        }
+        .save(&self.out)
     }
 
     fn prune_checkpoints(&self) -> Result<()> {
