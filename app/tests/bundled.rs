@@ -113,6 +113,10 @@ fn bundled_model_captions_and_ranks() {
         assert!(concepts.contains(&name), "{name} is not a concept");
         let probability = row["probability"].as_f64().expect("probability");
         assert!(probability <= previous, "ranking is not sorted");
+        assert_eq!(
+            row["calibrated"], true,
+            "the bundled caption-priors.json was not used"
+        );
         previous = probability;
     }
 }
