@@ -402,7 +402,7 @@ pub fn run_eval(bundle: &Bundle, model_dir: &Path, args: &EvalArgs, json: bool) 
         },
     )?;
     bar.finish_and_clear();
-    if !report.priors.priors.is_empty() {
+    if report.priors.images > 0 && !report.priors.priors.is_empty() {
         report.priors.save(model_dir)?;
     }
     let value = json!({
