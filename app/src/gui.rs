@@ -35,17 +35,17 @@ pub struct LaunchOptions {
     pub renderer: RendererChoice,
 }
 
-/// How the window is drawn.
+/// Renderer of the window.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, clap::ValueEnum)]
 pub enum RendererChoice {
-    /// wgpu, with the canvas's WGSL shader, unless the machine has no GPU (Linux without GPU
-    /// device nodes): then OpenGL, which Mesa's software rasterizer draws about five times
-    /// faster than its Vulkan driver (BENCHMARKS.md).
+    /// wgpu with the canvas's WGSL shader, or OpenGL when the machine has no GPU (Linux
+    /// without GPU device nodes), because Mesa's software rasterizer draws OpenGL about five
+    /// times faster than Vulkan (measured in BENCHMARKS.md).
     #[default]
     Auto,
     /// wgpu (Vulkan, Metal or DX12), with the canvas drawn by its WGSL shader.
     Wgpu,
-    /// OpenGL through glow; the canvas is drawn by egui.
+    /// OpenGL through glow, with the canvas drawn by egui.
     Glow,
 }
 

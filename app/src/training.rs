@@ -89,8 +89,8 @@ pub struct TrainArgs {
     /// --resume, it applies to the new cycle that --steps starts.
     #[arg(long)]
     rgb_noise_start: Option<f64>,
-    /// RGB noise std at the end of the curriculum [default: 3; the reference uses 0 for
-    /// class-conditional models]. With --resume, it applies to the new cycle.
+    /// RGB noise std at the end of the curriculum [default: 3]. The reference uses 0 for
+    /// class-conditional models. With --resume, it applies to the new cycle.
     #[arg(long)]
     rgb_noise_end: Option<f64>,
     /// Weight of the text loss (nats per token) against image bits/dim [default: 0.0025].

@@ -176,7 +176,7 @@ pub struct CaptionPriors {
 }
 
 impl CaptionPriors {
-    /// Reads the priors beside the model in `dir`; `None` when there is no such file.
+    /// Reads the priors beside the model in `dir`, or returns `None` when there is no such file.
     pub fn load(dir: &Path) -> Result<Option<Self>> {
         let path = dir.join(PRIORS_FILE);
         if !path.exists() {
@@ -195,8 +195,8 @@ impl CaptionPriors {
         write_atomically(&path, json.as_bytes())
     }
 
-    /// Returns `scores` minus each caption's prior, or `None` when a caption has no prior (a
-    /// ranking that mixed calibrated and plain scores would compare unlike numbers).
+    /// Returns `scores` minus each caption's prior, or `None` when a caption has no prior,
+    /// because a ranking that mixed calibrated and plain scores would compare unlike numbers.
     pub fn calibrate(&self, captions: &[impl AsRef<str>], scores: &[f64]) -> Option<Vec<f64>> {
         captions
             .iter()

@@ -386,8 +386,8 @@ impl Run {
     /// Resumes the run saved in `out` from its latest checkpoint. With `steps` other than the
     /// run's own, the run is extended (or shortened) to end at `steps`: a new cycle of warmup,
     /// cosine decay and noise curriculum starts at the checkpoint, and `run.json` records it.
-    /// A new cycle may also change the loss settings (`loss`), which `config.json` records;
-    /// changing them without a new cycle is rejected, since the resumed run would no longer
+    /// A new cycle may also change the loss settings (`loss`), and `config.json` records them.
+    /// A change without a new cycle is rejected, because the resumed run would then no longer
     /// repeat an uninterrupted one.
     pub fn resume(
         out: &Path,
