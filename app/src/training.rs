@@ -9,7 +9,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
-use jetformer_engine::checkpoint::{Bundle, write_atomically};
+use jetformer_engine::checkpoint::{
+    Bundle, load_bundle, load_weights, weights_bytes, write_atomically,
+};
 use jetformer_engine::config::LossConfig;
 use jetformer_engine::text::{TextCodec, train_tokenizer};
 use jetformer_engine::train::OptimizerConfig;
@@ -50,9 +52,23 @@ pub struct TrainArgs {
     /// Continue the run in --out from its latest checkpoint (its settings are kept).
     #[arg(long)]
     resume: bool,
-    /// Model size: `small` (32 x 32 images) or `tiny` (8 x 8, for tests).
-    #[arg(long, default_value = "small")]
-    preset: String,
+    /// Model size: `small` (32 x 32 images) or `tiny` (8 x 8, for tests) [default: small].
+    #[arg(long)]
+    preset: Option<String>,
+    /// Start a new run from the weights, config and tokenizer of this model folder (for
+    /// example `assets/model`) instead of a fresh preset: to fine-tune it on other images, or
+    /// to grow it with --flow-depth and --soft-token-dim.
+    #[arg(long, conflicts_with_all = ["resume", "preset", "vocab_size"])]
+    init_from: Option<PathBuf>,
+    /// Coupling layers of the flow (`small`: 4). With --init-from, a larger value appends
+    /// couplings that start as the identity, so the model begins where it was.
+    #[arg(long, conflicts_with = "resume")]
+    flow_depth: Option<usize>,
+    /// Values of each token that the decoder models; the rest are factored out (`small`: 8).
+    /// With --init-from, a larger value hands the next factored-out values to the decoder,
+    /// starting as the standard normal they had.
+    #[arg(long, conflicts_with = "resume")]
+    soft_token_dim: Option<usize>,
     /// Steps of the whole run (the cosine schedule ends here) [default: 10000]. With --resume,
     /// a different value extends the run: a new cycle of warmup, cosine decay and noise
     /// curriculum runs from the latest checkpoint to this step.
@@ -76,9 +92,9 @@ pub struct TrainArgs {
     /// Steps between held-out evaluations and sample grids (0: never).
     #[arg(long, default_value_t = 500)]
     eval_every: usize,
-    /// Tokenizer vocabulary size (byte-level BPE trained on the captions).
-    #[arg(long, default_value_t = 1024)]
-    vocab_size: usize,
+    /// Tokenizer vocabulary size (byte-level BPE trained on the captions) [default: 1024].
+    #[arg(long)]
+    vocab_size: Option<usize>,
     /// Prompt of the sample grids; repeat for several (default: the first held-out names).
     #[arg(long = "sample-prompt")]
     sample_prompts: Vec<String>,
@@ -109,7 +125,19 @@ impl TrainArgs {
             ..loss.clone()
         }
     }
+
+    /// Returns `config` with the sizes given on the command line.
+    fn sizes(&self, config: &JetFormerConfig) -> JetFormerConfig {
+        let mut config = config.clone();
+        config.flow.depth = self.flow_depth.unwrap_or(config.flow.depth);
+        config.image.soft_token_dim = self.soft_token_dim.unwrap_or(config.image.soft_token_dim);
+        config.loss = self.loss_settings(&config.loss);
+        config
+    }
 }
+
+/// Tokenizer vocabulary of a new run unless --vocab-size says otherwise.
+const DEFAULT_VOCAB_SIZE: usize = 1024;
 
 /// Training images over which the concept names' priors are averaged by default.
 const PRIOR_IMAGES: usize = 64;
@@ -203,7 +231,27 @@ fn concept_names(datasets: &[&Dataset]) -> Vec<String> {
 }
 
 pub fn run_train(args: TrainArgs, device: &ComputeDevice) -> Result<()> {
-    let preset = JetFormerConfig::preset(&args.preset)?;
+    // With --init-from, the model on the plain device, grown to the sizes asked for.
+    let initial = args
+        .init_from
+        .as_ref()
+        .map(|dir| -> Result<Bundle> {
+            let bundle = load_bundle(dir, &device.device)
+                .with_context(|| format!("--init-from {} is not a model folder", dir.display()))?;
+            let config = args.sizes(&bundle.model.config);
+            // The seed draws the hidden weights of any new coupling.
+            device.device.seed(args.seed);
+            let model = bundle.model.grown(&config)?;
+            Ok(Bundle {
+                model,
+                text: bundle.text,
+            })
+        })
+        .transpose()?;
+    let preset = match &initial {
+        Some(bundle) => bundle.model.config.clone(),
+        None => JetFormerConfig::preset(args.preset.as_deref().unwrap_or("small"))?,
+    };
     let size = preset.image.size;
     let train = load_split(&args.data, "train", size)?;
     let test = split_dir(&args.data, "test")
@@ -240,22 +288,38 @@ pub fn run_train(args: TrainArgs, device: &ComputeDevice) -> Result<()> {
                 args.out.display()
             );
         }
-        let tokenizer = train_tokenizer(&train.caption_corpus(), args.vocab_size)?;
-        let vocab = tokenizer.get_vocab_size(true);
-        // The text ids follow the tokenizer: its vocabulary, then BOS, BOI, NOLABEL, EOS.
-        let mut config = preset;
-        config.loss = args.loss_settings(&config.loss);
-        config.text.vocab_size = vocab + 4;
-        config.text.bos_id = vocab;
-        config.text.boi_id = vocab + 1;
-        config.text.nolabel_id = vocab + 2;
-        config.text.eos_id = vocab + 3;
+        let (mut config, text, initial_weights) = match initial {
+            Some(Bundle { model, text }) => {
+                let path = args.init_from.clone().unwrap_or_default();
+                (
+                    model.config.clone(),
+                    text,
+                    Some(weights_bytes(&model, &path)?),
+                )
+            }
+            None => {
+                let tokenizer = train_tokenizer(
+                    &train.caption_corpus(),
+                    args.vocab_size.unwrap_or(DEFAULT_VOCAB_SIZE),
+                )?;
+                let vocab = tokenizer.get_vocab_size(true);
+                // The text ids follow the tokenizer: its vocabulary, then BOS, BOI, NOLABEL,
+                // EOS.
+                let mut config = args.sizes(&preset);
+                config.text.vocab_size = vocab + 4;
+                config.text.bos_id = vocab;
+                config.text.boi_id = vocab + 1;
+                config.text.nolabel_id = vocab + 2;
+                config.text.eos_id = vocab + 3;
+                let text = TextCodec::new(tokenizer, config.text.clone())?;
+                (config, text, None)
+            }
+        };
         config.name = args
             .out
             .file_name()
             .map(|name| name.to_string_lossy().into_owned())
             .unwrap_or_else(|| config.name.clone());
-        let text = TextCodec::new(tokenizer, config.text.clone())?;
         let train_data = TrainingData::new(&train, &text)?;
         let held_out = test
             .as_ref()
@@ -286,7 +350,11 @@ pub fn run_train(args: TrainArgs, device: &ComputeDevice) -> Result<()> {
             ..RunConfig::default()
         };
         device.device.seed(args.seed);
-        let model = JetFormer::new(&config, &device.device.clone().autodiff());
+        let mut model = JetFormer::new(&config, &device.device.clone().autodiff());
+        if let Some(bytes) = initial_weights {
+            let path = args.init_from.clone().unwrap_or_default();
+            load_weights(&mut model, bytes, &path)?;
+        }
         Run::start(
             model,
             settings,

@@ -243,6 +243,81 @@ fn copy_dir(from: &Path, to: &Path) {
     }
 }
 
+/// Bits/dim of one fixture image under the model in `dir`, with no caption.
+fn fixture_bits(dir: &Path) -> f64 {
+    let image = fixtures().join("red-heart.png");
+    let output = jetformer()
+        .args([
+            "--json",
+            "--model",
+            dir.to_str().expect("utf-8 path"),
+            "bpd",
+        ])
+        .arg(&image)
+        .output()
+        .expect("run jetformer");
+    assert!(output.status.success(), "{}", output_text(&output));
+    let rows: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON");
+    rows[0]["bits_per_dim"].as_f64().expect("bits/dim")
+}
+
+/// `train --init-from` starts a new run from a model and can grow it: after one step at a
+/// negligible learning rate, the grown model scores an image as the model it grew from.
+#[test]
+fn train_init_from_grows_a_model() {
+    let base = tempdir("init-base");
+    let output = jetformer()
+        .args(train_args(&base, 5))
+        .output()
+        .expect("run jetformer");
+    assert!(output.status.success(), "{}", output_text(&output));
+
+    // Runs `train --init-from base` into `out` with `sizes` and a one-step schedule.
+    let init_from = |out: &Path, sizes: &[&str]| {
+        jetformer()
+            .args(["train", "--init-from", base.to_str().expect("utf-8 path")])
+            .args(["--data", fixtures().to_str().expect("utf-8 path")])
+            .args(["--out", out.to_str().expect("utf-8 path")])
+            .args(sizes)
+            .args([
+                "--steps",
+                "1",
+                "--learning-rate",
+                "1e-12",
+                "--batch-size",
+                "4",
+            ])
+            .args(["--eval-every", "0"])
+            .output()
+            .expect("run jetformer")
+    };
+
+    let grown = tempdir("init-grown");
+    let _ = std::fs::remove_dir_all(&grown);
+    let output = init_from(&grown, &["--flow-depth", "4", "--soft-token-dim", "6"]);
+    assert!(output.status.success(), "{}", output_text(&output));
+    let config: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(grown.join("config.json")).expect("config"))
+            .expect("JSON");
+    assert_eq!(config["flow"]["depth"], 4);
+    assert_eq!(config["image"]["soft_token_dim"], 6);
+    assert_eq!(
+        std::fs::read(base.join("tokenizer.json")).expect("tokenizer"),
+        std::fs::read(grown.join("tokenizer.json")).expect("tokenizer")
+    );
+    let (before, after) = (fixture_bits(&base), fixture_bits(&grown));
+    assert!((before - after).abs() < 1e-3, "{before} vs {after}");
+
+    // Shrinking is rejected with the field and the smallest valid value.
+    let output = init_from(&tempdir("init-shrunk"), &["--flow-depth", "1"]);
+    let text = output_text(&output);
+    assert!(!output.status.success(), "{text}");
+    assert!(
+        text.contains("flow.depth") && text.contains("pass 2 or more"),
+        "{text}"
+    );
+}
+
 #[test]
 fn train_commands_reject_bad_input() {
     let dir = tempdir("bad");

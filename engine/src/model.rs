@@ -13,6 +13,7 @@ use burn::nn::{Embedding, EmbeddingConfig, Initializer, Linear, LinearConfig};
 use burn::tensor::{Device, Int, Tensor};
 
 use crate::config::JetFormerConfig;
+use crate::error::{Error, Result};
 use crate::flow::Jet;
 use crate::head::Gmm;
 use crate::transformer::{Decoder, KvCache};
@@ -83,6 +84,103 @@ impl JetFormer {
                 .init(device),
             config: config.clone(),
         }
+    }
+
+    /// Returns this model grown to `config`, which may add couplings at the end of the flow
+    /// (`flow.depth`) and move factored-out values to the decoder (`image.soft_token_dim`),
+    /// and must otherwise match the model's own config (the loss settings and name may differ).
+    ///
+    /// The grown model computes the same densities. New couplings start as the identity,
+    /// because their output layers are zero. Each newly modelled value gets zero embedding
+    /// weights and zero head weights, so every mixture component gives it mean 0 and scale
+    /// `square_plus(0) = 1`: the standard normal it had as a factored-out value.
+    pub fn grown(self, config: &JetFormerConfig) -> Result<Self> {
+        config.validate()?;
+        let old = &self.config;
+        let (depth, soft_token_dim) = (old.flow.depth, old.image.soft_token_dim);
+        if config.flow.depth < depth {
+            return Err(Error::config(
+                "flow.depth",
+                format!(
+                    "is {}, below the {depth} couplings of the model it grows; pass {depth} or more",
+                    config.flow.depth
+                ),
+            ));
+        }
+        if config.image.soft_token_dim < soft_token_dim {
+            return Err(Error::config(
+                "image.soft_token_dim",
+                format!(
+                    "is {}, below the {soft_token_dim} modelled values of the model it grows; \
+                     pass {soft_token_dim} or more",
+                    config.image.soft_token_dim
+                ),
+            ));
+        }
+        let mut same = config.clone();
+        same.flow.depth = depth;
+        same.image.soft_token_dim = soft_token_dim;
+        same.loss = old.loss.clone();
+        same.name = old.name.clone();
+        if same != *old {
+            return Err(Error::Input(
+                "invalid growth: only flow.depth and image.soft_token_dim can grow. Every other \
+                 size, including the tokenizer's ids, must match the model it grows"
+                    .into(),
+            ));
+        }
+
+        let device = self.text_embedding.weight.val().device();
+        let mut grown = Self::new(config, &device);
+        let added = config.image.soft_token_dim - soft_token_dim;
+        let mut couplings = self.flow.couplings;
+        couplings.extend(grown.flow.couplings.drain(depth..));
+        grown.flow.couplings = couplings;
+        grown.text_embedding = self.text_embedding;
+        grown.decoder = self.decoder;
+        grown.text_head = self.text_head;
+
+        // Embedding weight [k, width]: zero rows for the new values.
+        let mut embedding = self.image_embedding;
+        embedding.weight = embedding.weight.map(|weight| {
+            let [_, width] = weight.dims();
+            let zeros = Tensor::zeros([added, width], &weight.device());
+            Tensor::cat(vec![weight, zeros], 0).detach()
+        });
+        grown.image_embedding = embedding;
+
+        // Head weight [width, m + m * 2k] and bias [m + m * 2k]: per component, k means then
+        // k raw scales, each padded with zeros for the new values.
+        let mixtures = config.head.num_mixtures;
+        let pad = |output: Tensor<2>| {
+            let [rows, columns] = output.dims();
+            let device = output.device();
+            let logits = output.clone().narrow(1, 0, mixtures);
+            let components = output.narrow(1, mixtures, columns - mixtures).reshape([
+                rows,
+                mixtures,
+                2 * soft_token_dim,
+            ]);
+            let zeros = Tensor::<3>::zeros([rows, mixtures, added], &device);
+            let padded = Tensor::cat(
+                vec![
+                    components.clone().narrow(2, 0, soft_token_dim),
+                    zeros.clone(),
+                    components.narrow(2, soft_token_dim, soft_token_dim),
+                    zeros,
+                ],
+                2,
+            )
+            .reshape([rows, mixtures * 2 * (soft_token_dim + added)]);
+            Tensor::cat(vec![logits, padded], 1).detach()
+        };
+        let mut head = self.image_head;
+        head.weight = head.weight.map(&pad);
+        head.bias = head
+            .bias
+            .map(|bias| bias.map(|bias| pad(bias.unsqueeze_dim::<2>(0)).squeeze_dim::<1>(0)));
+        grown.image_head = head;
+        Ok(grown)
     }
 
     /// Looks up the embedding of one special token for every example.

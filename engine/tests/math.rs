@@ -630,6 +630,44 @@ fn trained_flow_mixes_every_dim() {
     );
 }
 
+/// Growing the flow and the soft token dim keeps every density: in both orders the grown
+/// model's image bits/dim and text loss equal the original's.
+#[test]
+fn grown_model_computes_the_same_losses() {
+    let config = JetFormerConfig::tiny();
+    let model = tiny_model(&config);
+    let mut bigger = config.clone();
+    bigger.flow.depth = 5;
+    bigger.image.soft_token_dim = 7;
+    let grown = model.clone().grown(&bigger).expect("grow");
+    assert_eq!(grown.flow.couplings.len(), 5);
+    let moved = perturbed(grown.clone(), 0.05);
+    let batch = train_batch(&config, 2, &cpu());
+    for text_first in [true, false] {
+        let losses = |model: &JetFormer, config: &JetFormerConfig| {
+            let mut rng = StdRng::seed_from_u64(1);
+            let noise = StepNoise::evaluation(config, 2, text_first, &mut rng, &cpu());
+            let out = model.loss(&batch, &noise);
+            (out.image_bits_per_dim, out.text_nats_per_token)
+        };
+        let (bits, nats) = losses(&model, &config);
+        let (grown_bits, grown_nats) = losses(&grown, &bigger);
+        assert!(max_abs_diff(bits.clone(), grown_bits) < 1e-4);
+        assert!(max_abs_diff(nats, grown_nats) < 1e-4);
+        // The comparison can fail: new weights that are not the identity change the density.
+        let (moved_bits, _) = losses(&moved, &bigger);
+        assert!(max_abs_diff(bits, moved_bits) > 1e-3);
+    }
+
+    let mut shallower = config.clone();
+    shallower.flow.depth = 1;
+    let error = model.clone().grown(&shallower).expect_err("shrinking");
+    assert!(error.to_string().contains("flow.depth"), "{error}");
+    let mut wider = bigger.clone();
+    wider.decoder.mlp_dim *= 2;
+    assert!(model.grown(&wider).is_err());
+}
+
 #[test]
 fn checkpoint_round_trip_and_mismatch() {
     let config = JetFormerConfig::tiny();
