@@ -136,7 +136,7 @@ impl TrainArgs {
     }
 }
 
-/// Tokenizer vocabulary of a new run unless --vocab-size says otherwise.
+/// Tokenizer vocabulary of a new run unless --vocab-size sets another.
 const DEFAULT_VOCAB_SIZE: usize = 1024;
 
 /// Training images over which the concept names' priors are averaged by default.
@@ -231,7 +231,7 @@ fn concept_names(datasets: &[&Dataset]) -> Vec<String> {
 }
 
 pub fn run_train(args: TrainArgs, device: &ComputeDevice) -> Result<()> {
-    // With --init-from, the model on the plain device, grown to the sizes asked for.
+    // With --init-from, the model on the plain device, grown to the requested sizes.
     let initial = args
         .init_from
         .as_ref()
@@ -288,15 +288,13 @@ pub fn run_train(args: TrainArgs, device: &ComputeDevice) -> Result<()> {
                 args.out.display()
             );
         }
+        let init_path = args.init_from.clone().unwrap_or_default();
         let (mut config, text, initial_weights) = match initial {
-            Some(Bundle { model, text }) => {
-                let path = args.init_from.clone().unwrap_or_default();
-                (
-                    model.config.clone(),
-                    text,
-                    Some(weights_bytes(&model, &path)?),
-                )
-            }
+            Some(Bundle { model, text }) => (
+                model.config.clone(),
+                text,
+                Some(weights_bytes(&model, &init_path)?),
+            ),
             None => {
                 let tokenizer = train_tokenizer(
                     &train.caption_corpus(),
@@ -352,8 +350,7 @@ pub fn run_train(args: TrainArgs, device: &ComputeDevice) -> Result<()> {
         device.device.seed(args.seed);
         let mut model = JetFormer::new(&config, &device.device.clone().autodiff());
         if let Some(bytes) = initial_weights {
-            let path = args.init_from.clone().unwrap_or_default();
-            load_weights(&mut model, bytes, &path)?;
+            load_weights(&mut model, bytes, &init_path)?;
         }
         Run::start(
             model,
