@@ -513,6 +513,11 @@ pub fn run_eval(bundle: &Bundle, model_dir: &Path, args: &EvalArgs, json: bool) 
             100.0 * report.prompt_top5,
             report.prompts
         );
+        println!(
+            "  over soft tokens only    top-1 {:.1}%  top-5 {:.1}%",
+            100.0 * report.prompt_soft_top1,
+            100.0 * report.prompt_soft_top5
+        );
         println!("written to {}", out.display());
     }
     Ok(())

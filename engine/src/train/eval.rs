@@ -82,6 +82,16 @@ pub struct EvalReport {
     pub prompt_top1: f64,
     /// Fraction of prompts with the prompted concept among the five nearest training images.
     pub prompt_top5: f64,
+    /// Top-1 prompt fidelity with distances over the soft-token values only (the first
+    /// `soft_token_dim` of each token, which the decoder generates). The full latent also
+    /// contains the factored-out values. A generated image has them at noise factor times
+    /// N(0, 1), 0 here, and a training image has its own fine detail there, so full distances
+    /// favour training images with little detail whatever the prompt.
+    #[serde(default)]
+    pub prompt_soft_top1: f64,
+    /// Top-5 prompt fidelity over the soft-token values.
+    #[serde(default)]
+    pub prompt_soft_top5: f64,
 }
 
 /// Evaluates `model` on `test`, with `train` as the reference set of prompt fidelity.
@@ -214,8 +224,11 @@ pub fn evaluate(
     prompts.sort_unstable();
     prompts.dedup();
     prompts.truncate(options.prompt_limit.unwrap_or(usize::MAX));
+    let soft_dim = model.config.image.soft_token_dim;
     let mut prompt_top1 = 0usize;
     let mut prompt_top5 = 0usize;
+    let mut prompt_soft_top1 = 0usize;
+    let mut prompt_soft_top5 = 0usize;
     for (index, prompt) in prompts.iter().enumerate() {
         progress("prompt fidelity", index, prompts.len());
         let ids = text.encode(prompt)?.ids;
@@ -228,19 +241,17 @@ pub fn evaluate(
             continue;
         };
         let latent = latent_rows(model, &images)?.remove(0);
-        let mut distances: Vec<(f64, usize)> = train_latents
-            .iter()
-            .enumerate()
-            .map(|(i, row)| (squared_distance(&latent, row), i))
-            .collect();
-        distances.sort_by(|a, b| a.0.total_cmp(&b.0));
-        let nearest: Vec<&str> = distances
-            .iter()
-            .take(5)
-            .map(|&(_, i)| train.examples[i].concept())
-            .collect();
-        prompt_top1 += usize::from(nearest.first() == Some(prompt));
-        prompt_top5 += usize::from(nearest.contains(prompt));
+        let token_dim = latent.len() / model.config.num_tokens();
+        let full = nearest_concepts(train, &train_latents, |row| {
+            squared_distance(&latent, row, token_dim, token_dim)
+        });
+        prompt_top1 += usize::from(full.first() == Some(prompt));
+        prompt_top5 += usize::from(full.contains(prompt));
+        let soft = nearest_concepts(train, &train_latents, |row| {
+            squared_distance(&latent, row, token_dim, soft_dim)
+        });
+        prompt_soft_top1 += usize::from(soft.first() == Some(prompt));
+        prompt_soft_top5 += usize::from(soft.contains(prompt));
     }
     let prompt_count = prompts.len().max(1) as f64;
 
@@ -267,6 +278,8 @@ pub fn evaluate(
         prompts: prompts.len(),
         prompt_top1: prompt_top1 as f64 / prompt_count,
         prompt_top5: prompt_top5 as f64 / prompt_count,
+        prompt_soft_top1: prompt_soft_top1 as f64 / prompt_count,
+        prompt_soft_top5: prompt_soft_top5 as f64 / prompt_count,
     })
 }
 
@@ -300,13 +313,47 @@ fn latent_rows(model: &JetFormer, images: &[RgbImage]) -> Result<Vec<Vec<f32>>> 
         .collect())
 }
 
-fn squared_distance(a: &[f32], b: &[f32]) -> f64 {
-    a.iter().zip(b).map(|(x, y)| f64::from(x - y).powi(2)).sum()
+/// Concepts of the five training images nearest by `distance` to their latent rows.
+fn nearest_concepts<'a>(
+    train: &'a Dataset,
+    latents: &[Vec<f32>],
+    distance: impl Fn(&[f32]) -> f64,
+) -> Vec<&'a str> {
+    let mut distances: Vec<(f64, usize)> = latents
+        .iter()
+        .enumerate()
+        .map(|(i, row)| (distance(row), i))
+        .collect();
+    distances.sort_by(|a, b| a.0.total_cmp(&b.0));
+    distances
+        .iter()
+        .take(5)
+        .map(|&(_, i)| train.examples[i].concept())
+        .collect()
+}
+
+/// Squared distance between two latents of `token_dim` values per token, over the first
+/// `kept` values of each token.
+fn squared_distance(a: &[f32], b: &[f32], token_dim: usize, kept: usize) -> f64 {
+    a.chunks(token_dim)
+        .zip(b.chunks(token_dim))
+        .flat_map(|(x, y)| x[..kept].iter().zip(&y[..kept]))
+        .map(|(x, y)| f64::from(x - y).powi(2))
+        .sum()
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn distance_keeps_first_token_values() {
+        let a = [1.0, 2.0, 3.0, 4.0, 5.0, 6.0];
+        let b = [0.0; 6];
+        assert_eq!(squared_distance(&a, &b, 3, 1), 17.0);
+        assert_eq!(squared_distance(&a, &b, 3, 3), 91.0);
+        assert_eq!(squared_distance(&a, &b, 2, 1), 35.0);
+    }
 
     #[test]
     fn priors_are_log_mean_likelihoods() {

@@ -125,22 +125,36 @@ impl Trainer {
     pub fn train_step(&mut self, batch: &TrainBatch, noise: &StepNoise) -> LossSummary {
         let output = self.model.loss(batch, noise);
         let summary = output.summary();
-        let mut applied = false;
+        let mut norm = f64::NAN;
+        let mut non_finite = Vec::new();
         if summary.total.is_finite() {
             let mut grads = GradientsParams::from_grads(output.total.backward(), &self.model);
-            let norm = clip_global_norm(&self.model, &mut grads, self.config.clip_norm);
+            norm = clip_global_norm(&self.model, &mut grads, self.config.clip_norm);
+            if !norm.is_finite() {
+                non_finite = non_finite_gradients(&self.model, &grads);
+            }
             if norm.is_finite() {
                 let learning_rate = self.config.learning_rate_at(self.step);
                 let model = self.model.clone();
                 self.model = self.optimizer.step(learning_rate, model, grads);
-                applied = true;
             }
         }
-        if !applied {
+        if !norm.is_finite() {
             self.skipped_steps += 1;
             log::warn!(
-                "step {} skipped: its loss or gradient norm is not finite",
-                self.step + 1
+                "step {} skipped: loss {}, image bits/dim {}, text nats/token {}, \
+                 log-det/dim {}, gradient norm {}; not finite in: {}",
+                self.step + 1,
+                summary.total,
+                summary.image_bits_per_dim,
+                summary.text_nats_per_token,
+                summary.log_det_per_dim,
+                norm,
+                if non_finite.is_empty() {
+                    "the loss".to_string()
+                } else {
+                    non_finite.join(", ")
+                }
             );
         }
         self.step += 1;
@@ -150,27 +164,97 @@ impl Trainer {
 
 /// Scales every gradient by `min(1, max_norm / ||g||)`, with `||g||` the L2 norm over all
 /// parameters together, and returns `||g||` (0 without gradients).
+///
+/// The squares are summed after dividing by the largest magnitude. A gradient above about
+/// 1e19, whose square overflows f32, is then clipped instead of giving an infinite norm.
 pub fn clip_global_norm<M: Module>(model: &M, grads: &mut GradientsParams, max_norm: f64) -> f64 {
-    let mut squares = SquaredNorm { grads, total: None };
+    let mut largest = LargestMagnitude { grads, max: None };
+    model.visit(&mut largest);
+    let Some(max) = largest.max else {
+        return 0.0;
+    };
+    let unit = max.clamp_min(f32::MIN_POSITIVE);
+    let mut squares = SquaredNorm {
+        grads,
+        unit: unit.clone(),
+        total: None,
+    };
     model.visit(&mut squares);
     let Some(total) = squares.total else {
         return 0.0;
     };
-    let norm = total.sqrt();
+    let norm = total.sqrt() * unit;
     let scale = norm.clone().clamp_min(max_norm).recip() * max_norm;
     model.visit(&mut Rescale { grads, scale });
     norm.into_data().iter::<f64>().next().unwrap_or(f64::NAN)
 }
 
+/// Returns the paths of the parameters whose gradient contains an infinity or a NaN.
+fn non_finite_gradients<M: Module>(model: &M, grads: &GradientsParams) -> Vec<String> {
+    let mut finder = NonFinite {
+        grads,
+        path: Vec::new(),
+        found: Vec::new(),
+    };
+    model.visit(&mut finder);
+    finder.found
+}
+
+struct NonFinite<'a> {
+    grads: &'a GradientsParams,
+    path: Vec<String>,
+    found: Vec<String>,
+}
+
+impl ModuleVisitor for NonFinite<'_> {
+    fn enter_module(&mut self, name: &str, _container_type: &str) {
+        self.path.push(name.to_string());
+    }
+
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.path.pop();
+    }
+
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        let Some(grad) = self.grads.get::<D>(param.id) else {
+            return;
+        };
+        let dims = grad.dims();
+        let largest = grad.abs().max().into_data().iter::<f64>().next();
+        if !largest.is_some_and(f64::is_finite) {
+            self.found.push(format!("{} {dims:?}", self.path.join(".")));
+        }
+    }
+}
+
+struct LargestMagnitude<'a> {
+    grads: &'a GradientsParams,
+    max: Option<Tensor<1>>,
+}
+
+impl ModuleVisitor for LargestMagnitude<'_> {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        if let Some(grad) = self.grads.get::<D>(param.id) {
+            let max = grad.abs().max();
+            self.max = Some(match self.max.take() {
+                Some(seen) => seen.max_pair(max),
+                None => max,
+            });
+        }
+    }
+}
+
 struct SquaredNorm<'a> {
     grads: &'a GradientsParams,
+    unit: Tensor<1>,
     total: Option<Tensor<1>>,
 }
 
 impl ModuleVisitor for SquaredNorm<'_> {
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
         if let Some(grad) = self.grads.get::<D>(param.id) {
-            let square = grad.square().sum();
+            let unit = self.unit.clone().reshape([1; D]);
+            let square = (grad / unit).square().sum();
             self.total = Some(match self.total.take() {
                 Some(total) => total + square,
                 None => square,
@@ -196,6 +280,66 @@ impl ModuleVisitor for Rescale<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use burn::tensor::TensorData;
+
+    #[derive(Module, Debug)]
+    struct TwoWeights {
+        small: Param<Tensor<1>>,
+        large: Param<Tensor<1>>,
+    }
+
+    /// Clips the gradients (3 size, 0) and (4 size) of two parameters, and returns their norm
+    /// and the clipped values.
+    fn clipped(size: f32) -> (f64, Vec<f32>) {
+        let device = burn::tensor::Device::flex().autodiff();
+        let weights = TwoWeights {
+            small: Param::from_tensor(Tensor::from_data(TensorData::from([1.0f32, 2.0]), &device)),
+            large: Param::from_tensor(Tensor::from_data(TensorData::from([0.5f32]), &device)),
+        };
+        let coefficients =
+            |values: [f32; 2]| Tensor::<1>::from_data(TensorData::from(values), &device);
+        let loss = (weights.small.val() * coefficients([3.0 * size, 0.0])).sum()
+            + weights.large.val() * (4.0 * size);
+        let mut grads = GradientsParams::from_grads(loss.backward(), &weights);
+        let norm = clip_global_norm(&weights, &mut grads, 1.0);
+        let mut values: Vec<f32> = grads
+            .get::<1>(weights.small.id)
+            .expect("small has a gradient")
+            .into_data()
+            .iter::<f32>()
+            .collect();
+        values.extend(
+            grads
+                .get::<1>(weights.large.id)
+                .expect("large has a gradient")
+                .into_data()
+                .iter::<f32>(),
+        );
+        (norm, values)
+    }
+
+    #[test]
+    fn clipping_handles_overflowing_squares() {
+        for size in [1.0f32, 1e-3, 1e25] {
+            let (norm, values) = clipped(size);
+            let expected = 5.0 * f64::from(size);
+            assert!(
+                (norm / expected - 1.0).abs() < 1e-5,
+                "size {size}: norm {norm}"
+            );
+            let want = if expected > 1.0 {
+                [0.6, 0.0, 0.8]
+            } else {
+                [3.0 * size, 0.0, 4.0 * size]
+            };
+            for (value, want) in values.iter().zip(want) {
+                assert!(
+                    (value - want).abs() <= 1e-5 * want.abs().max(1e-3),
+                    "size {size}: {values:?}"
+                );
+            }
+        }
+    }
 
     #[test]
     fn schedule_warms_up_then_decays_to_zero() {
