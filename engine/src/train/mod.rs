@@ -153,7 +153,11 @@ impl Trainer {
                 if non_finite.is_empty() {
                     "the loss".to_string()
                 } else {
-                    non_finite.join(", ")
+                    format!(
+                        "the gradients of {} parameters, first {}",
+                        non_finite.len(),
+                        non_finite[..non_finite.len().min(5)].join(", ")
+                    )
                 }
             );
         }
