@@ -313,7 +313,7 @@ fn latent_rows(model: &JetFormer, images: &[RgbImage]) -> Result<Vec<Vec<f32>>> 
         .collect())
 }
 
-/// Concepts of the five training images nearest by `distance` to their latent rows.
+/// Returns the concepts of the five training images whose latent rows are nearest by `distance`.
 fn nearest_concepts<'a>(
     train: &'a Dataset,
     latents: &[Vec<f32>],
@@ -332,12 +332,12 @@ fn nearest_concepts<'a>(
         .collect()
 }
 
-/// Squared distance between two latents of `token_dim` values per token, over the first
-/// `kept` values of each token.
-fn squared_distance(a: &[f32], b: &[f32], token_dim: usize, kept: usize) -> f64 {
+/// Returns the squared distance between two latents of `token_dim` values per token, over
+/// the first `leading` values of each token.
+fn squared_distance(a: &[f32], b: &[f32], token_dim: usize, leading: usize) -> f64 {
     a.chunks(token_dim)
         .zip(b.chunks(token_dim))
-        .flat_map(|(x, y)| x[..kept].iter().zip(&y[..kept]))
+        .flat_map(|(x, y)| x[..leading].iter().zip(&y[..leading]))
         .map(|(x, y)| f64::from(x - y).powi(2))
         .sum()
 }
