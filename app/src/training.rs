@@ -518,6 +518,13 @@ pub fn run_eval(bundle: &Bundle, model_dir: &Path, args: &EvalArgs, json: bool) 
             100.0 * report.prompt_soft_top1,
             100.0 * report.prompt_soft_top5
         );
+        println!(
+            "held-out images retrieved top-1 {:.1}%  top-5 {:.1}%  (soft tokens only: {:.1}%, {:.1}%)",
+            100.0 * report.held_out_top1,
+            100.0 * report.held_out_top5,
+            100.0 * report.held_out_soft_top1,
+            100.0 * report.held_out_soft_top5
+        );
         println!("written to {}", out.display());
     }
     Ok(())

@@ -92,6 +92,21 @@ pub struct EvalReport {
     /// Top-5 prompt fidelity over the soft-token values.
     #[serde(default)]
     pub prompt_soft_top5: f64,
+    /// The same retrieval with each held-out image itself in place of a generated one:
+    /// the fraction of held-out images whose nearest training image is of their concept.
+    /// A held-out concept appears in training only in other art styles, so this is what a
+    /// generator that drew the held-out image exactly would score on prompt fidelity.
+    #[serde(default)]
+    pub held_out_top1: f64,
+    /// Fraction of held-out images with their concept among the five nearest training images.
+    #[serde(default)]
+    pub held_out_top5: f64,
+    /// Top-1 retrieval of held-out images over the soft-token values only.
+    #[serde(default)]
+    pub held_out_soft_top1: f64,
+    /// Top-5 retrieval of held-out images over the soft-token values only.
+    #[serde(default)]
+    pub held_out_soft_top5: f64,
 }
 
 /// Evaluates `model` on `test`, with `train` as the reference set of prompt fidelity.
@@ -220,11 +235,30 @@ pub fn evaluate(
         );
         train_latents.extend(latent_rows(model, chunk)?);
     }
+    let soft_dim = model.config.image.soft_token_dim;
+    let token_dim = model.config.token_dim();
+    let mut held_out_hits = [0usize; 4];
+    for (done, chunk) in all.chunks(batch_size).enumerate() {
+        progress("held-out retrieval", done * batch_size, all.len());
+        for (example, latent) in chunk.iter().zip(latent_rows(model, &images_of(chunk))?) {
+            let concept = example.concept();
+            let full = nearest_concepts(train, &train_latents, |row| {
+                squared_distance(&latent, row, token_dim, token_dim)
+            });
+            let soft = nearest_concepts(train, &train_latents, |row| {
+                squared_distance(&latent, row, token_dim, soft_dim)
+            });
+            held_out_hits[0] += usize::from(full.first() == Some(&concept));
+            held_out_hits[1] += usize::from(full.contains(&concept));
+            held_out_hits[2] += usize::from(soft.first() == Some(&concept));
+            held_out_hits[3] += usize::from(soft.contains(&concept));
+        }
+    }
+
     let mut prompts: Vec<&str> = test.examples.iter().map(Example::concept).collect();
     prompts.sort_unstable();
     prompts.dedup();
     prompts.truncate(options.prompt_limit.unwrap_or(usize::MAX));
-    let soft_dim = model.config.image.soft_token_dim;
     let mut prompt_top1 = 0usize;
     let mut prompt_top5 = 0usize;
     let mut prompt_soft_top1 = 0usize;
@@ -241,7 +275,6 @@ pub fn evaluate(
             continue;
         };
         let latent = latent_rows(model, &images)?.remove(0);
-        let token_dim = latent.len() / model.config.num_tokens();
         let full = nearest_concepts(train, &train_latents, |row| {
             squared_distance(&latent, row, token_dim, token_dim)
         });
@@ -280,6 +313,10 @@ pub fn evaluate(
         prompt_top5: prompt_top5 as f64 / prompt_count,
         prompt_soft_top1: prompt_soft_top1 as f64 / prompt_count,
         prompt_soft_top5: prompt_soft_top5 as f64 / prompt_count,
+        held_out_top1: held_out_hits[0] as f64 / count,
+        held_out_top5: held_out_hits[1] as f64 / count,
+        held_out_soft_top1: held_out_hits[2] as f64 / count,
+        held_out_soft_top5: held_out_hits[3] as f64 / count,
     })
 }
 
