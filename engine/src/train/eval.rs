@@ -92,19 +92,21 @@ pub struct EvalReport {
     /// Top-5 prompt fidelity over the soft-token values.
     #[serde(default)]
     pub prompt_soft_top5: f64,
-    /// The same retrieval with each held-out image itself in place of a generated one:
-    /// the fraction of held-out images whose nearest training image is of their concept.
-    /// A held-out concept appears in training only in other art styles, so this is what a
-    /// generator that drew the held-out image exactly would score on prompt fidelity.
+    /// Fraction of held-out images whose nearest training image is of their concept: the
+    /// prompt fidelity search run on the held-out image instead of a generated one. A
+    /// held-out concept is in training only in other art styles, so this is the score of a
+    /// generator that drew each held-out image exactly.
     #[serde(default)]
     pub held_out_top1: f64,
     /// Fraction of held-out images with their concept among the five nearest training images.
     #[serde(default)]
     pub held_out_top5: f64,
-    /// Top-1 retrieval of held-out images over the soft-token values only.
+    /// Fraction of held-out images whose nearest training image over the soft-token values
+    /// is of their concept.
     #[serde(default)]
     pub held_out_soft_top1: f64,
-    /// Top-5 retrieval of held-out images over the soft-token values only.
+    /// Fraction of held-out images with their concept among the five nearest training images
+    /// over the soft-token values.
     #[serde(default)]
     pub held_out_soft_top5: f64,
 }
@@ -235,23 +237,17 @@ pub fn evaluate(
         );
         train_latents.extend(latent_rows(model, chunk)?);
     }
-    let soft_dim = model.config.image.soft_token_dim;
-    let token_dim = model.config.token_dim();
-    let mut held_out_hits = [0usize; 4];
+    let retrieval = Retrieval {
+        train,
+        latents: &train_latents,
+        token_dim: model.config.token_dim(),
+        soft_dim: model.config.image.soft_token_dim,
+    };
+    let mut held_out_hits = RetrievalHits::default();
     for (done, chunk) in all.chunks(batch_size).enumerate() {
         progress("held-out retrieval", done * batch_size, all.len());
         for (example, latent) in chunk.iter().zip(latent_rows(model, &images_of(chunk))?) {
-            let concept = example.concept();
-            let full = nearest_concepts(train, &train_latents, |row| {
-                squared_distance(&latent, row, token_dim, token_dim)
-            });
-            let soft = nearest_concepts(train, &train_latents, |row| {
-                squared_distance(&latent, row, token_dim, soft_dim)
-            });
-            held_out_hits[0] += usize::from(full.first() == Some(&concept));
-            held_out_hits[1] += usize::from(full.contains(&concept));
-            held_out_hits[2] += usize::from(soft.first() == Some(&concept));
-            held_out_hits[3] += usize::from(soft.contains(&concept));
+            retrieval.score(&latent, example.concept(), &mut held_out_hits);
         }
     }
 
@@ -259,10 +255,7 @@ pub fn evaluate(
     prompts.sort_unstable();
     prompts.dedup();
     prompts.truncate(options.prompt_limit.unwrap_or(usize::MAX));
-    let mut prompt_top1 = 0usize;
-    let mut prompt_top5 = 0usize;
-    let mut prompt_soft_top1 = 0usize;
-    let mut prompt_soft_top5 = 0usize;
+    let mut prompt_hits = RetrievalHits::default();
     for (index, prompt) in prompts.iter().enumerate() {
         progress("prompt fidelity", index, prompts.len());
         let ids = text.encode(prompt)?.ids;
@@ -275,16 +268,7 @@ pub fn evaluate(
             continue;
         };
         let latent = latent_rows(model, &images)?.remove(0);
-        let full = nearest_concepts(train, &train_latents, |row| {
-            squared_distance(&latent, row, token_dim, token_dim)
-        });
-        prompt_top1 += usize::from(full.first() == Some(prompt));
-        prompt_top5 += usize::from(full.contains(prompt));
-        let soft = nearest_concepts(train, &train_latents, |row| {
-            squared_distance(&latent, row, token_dim, soft_dim)
-        });
-        prompt_soft_top1 += usize::from(soft.first() == Some(prompt));
-        prompt_soft_top5 += usize::from(soft.contains(prompt));
+        retrieval.score(&latent, prompt, &mut prompt_hits);
     }
     let prompt_count = prompts.len().max(1) as f64;
 
@@ -309,14 +293,14 @@ pub fn evaluate(
         },
         caption_category_accuracy: category_hits as f64 / ranked_count,
         prompts: prompts.len(),
-        prompt_top1: prompt_top1 as f64 / prompt_count,
-        prompt_top5: prompt_top5 as f64 / prompt_count,
-        prompt_soft_top1: prompt_soft_top1 as f64 / prompt_count,
-        prompt_soft_top5: prompt_soft_top5 as f64 / prompt_count,
-        held_out_top1: held_out_hits[0] as f64 / count,
-        held_out_top5: held_out_hits[1] as f64 / count,
-        held_out_soft_top1: held_out_hits[2] as f64 / count,
-        held_out_soft_top5: held_out_hits[3] as f64 / count,
+        prompt_top1: prompt_hits.top1 as f64 / prompt_count,
+        prompt_top5: prompt_hits.top5 as f64 / prompt_count,
+        prompt_soft_top1: prompt_hits.soft_top1 as f64 / prompt_count,
+        prompt_soft_top5: prompt_hits.soft_top5 as f64 / prompt_count,
+        held_out_top1: held_out_hits.top1 as f64 / count,
+        held_out_top5: held_out_hits.top5 as f64 / count,
+        held_out_soft_top1: held_out_hits.soft_top1 as f64 / count,
+        held_out_soft_top5: held_out_hits.soft_top5 as f64 / count,
     })
 }
 
@@ -348,6 +332,42 @@ fn latent_rows(model: &JetFormer, images: &[RgbImage]) -> Result<Vec<Vec<f32>>> 
         .take(count)
         .map(<[f32]>::to_vec)
         .collect())
+}
+
+/// Nearest-neighbour search over the training images' latents, over the full latent and
+/// over the soft-token values of each token.
+struct Retrieval<'a> {
+    train: &'a Dataset,
+    latents: &'a [Vec<f32>],
+    token_dim: usize,
+    soft_dim: usize,
+}
+
+/// Counts of searches whose concept was nearest (top-1) or among the five nearest (top-5).
+#[derive(Default)]
+struct RetrievalHits {
+    top1: usize,
+    top5: usize,
+    soft_top1: usize,
+    soft_top5: usize,
+}
+
+impl Retrieval<'_> {
+    /// Finds the training images nearest to `latent` and counts in `hits` whether `concept`
+    /// is the nearest one's concept or among the five nearest.
+    fn score(&self, latent: &[f32], concept: &str, hits: &mut RetrievalHits) {
+        let full = nearest_concepts(self.train, self.latents, |row| {
+            squared_distance(latent, row, self.token_dim, self.token_dim)
+        });
+        hits.top1 += usize::from(full.first() == Some(&concept));
+        hits.top5 += usize::from(full.contains(&concept));
+
+        let soft = nearest_concepts(self.train, self.latents, |row| {
+            squared_distance(latent, row, self.token_dim, self.soft_dim)
+        });
+        hits.soft_top1 += usize::from(soft.first() == Some(&concept));
+        hits.soft_top5 += usize::from(soft.contains(&concept));
+    }
 }
 
 /// Returns the concepts of the five training images whose latent rows are nearest by `distance`.

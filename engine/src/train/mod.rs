@@ -130,13 +130,12 @@ impl Trainer {
         if summary.total.is_finite() {
             let mut grads = GradientsParams::from_grads(output.total.backward(), &self.model);
             norm = clip_global_norm(&self.model, &mut grads, self.config.clip_norm);
-            if !norm.is_finite() {
-                non_finite = non_finite_gradients(&self.model, &grads);
-            }
             if norm.is_finite() {
                 let learning_rate = self.config.learning_rate_at(self.step);
                 let model = self.model.clone();
                 self.model = self.optimizer.step(learning_rate, model, grads);
+            } else {
+                non_finite = non_finite_gradients(&self.model, &grads);
             }
         }
         if !norm.is_finite() {
