@@ -51,7 +51,7 @@ enum Command {
         /// Seed of the draws (the same seed gives the same images).
         #[arg(long, default_value_t = 0)]
         seed: u64,
-        /// Multiplies every mixture scale [default: the engine's, 0.5].
+        /// Multiplies every mixture scale [default: the engine's, 0.3].
         #[arg(long)]
         temperature: Option<f64>,
         /// Multiplies the mixture logits [default: 1].
@@ -60,7 +60,7 @@ enum Command {
         /// Scale of the factored-out latent dims; 0 sets them to zero [default: 0].
         #[arg(long)]
         noise_factor: Option<f64>,
-        /// Classifier-free guidance weight; 0 turns guidance off [default: 6].
+        /// Classifier-free guidance weight; 0 turns guidance off [default: 2].
         #[arg(long)]
         guidance: Option<f64>,
         /// Output PNG file.

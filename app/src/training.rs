@@ -160,6 +160,13 @@ pub struct EvalArgs {
     /// Training images over which each name's prior is averaged for the calibrated ranking.
     #[arg(long, default_value_t = PRIOR_IMAGES)]
     prior_images: usize,
+    /// Classifier-free guidance weight of the prompt fidelity generations [default: that of
+    /// `generate`].
+    #[arg(long)]
+    guidance: Option<f64>,
+    /// Scale temperature of the prompt fidelity generations [default: that of `generate`].
+    #[arg(long)]
+    temperature: Option<f64>,
     /// JSON file for the results (default: eval-SPLIT.json in the model folder).
     #[arg(long)]
     out: Option<PathBuf>,
@@ -442,11 +449,14 @@ pub fn run_eval(bundle: &Bundle, model_dir: &Path, args: &EvalArgs, json: bool) 
     let size = bundle.model.config.image.size;
     let train = load_split(&args.data, "train", size)?;
     let test = load_split(&args.data, &args.split, size)?;
+    let defaults = EvalOptions::default();
     let options = EvalOptions {
         limit: args.limit,
         prompt_limit: args.prompt_limit,
         prior_images: args.prior_images,
-        ..EvalOptions::default()
+        guidance: args.guidance.unwrap_or(defaults.guidance),
+        scale_temperature: args.temperature.unwrap_or(defaults.scale_temperature),
+        ..defaults
     };
     let bar = ProgressBar::new(1);
     bar.set_style(
@@ -508,10 +518,12 @@ pub fn run_eval(bundle: &Bundle, model_dir: &Path, args: &EvalArgs, json: bool) 
             100.0 * report.caption_category_accuracy
         );
         println!(
-            "prompt fidelity           top-1 {:.1}%  top-5 {:.1}%  ({} prompts)",
+            "prompt fidelity           top-1 {:.1}%  top-5 {:.1}%  ({} prompts, guidance {}, temperature {})",
             100.0 * report.prompt_top1,
             100.0 * report.prompt_top5,
-            report.prompts
+            report.prompts,
+            options.guidance,
+            options.scale_temperature
         );
         println!(
             "  over soft tokens only    top-1 {:.1}%  top-5 {:.1}%",

@@ -176,6 +176,7 @@ fn train_resumes_after_sigkill() {
         .args(["--json", "eval", "--data"])
         .arg(&data)
         .args(["--limit", "3", "--prompt-limit", "2"])
+        .args(["--guidance", "1.5", "--temperature", "0.4"])
         .output()
         .expect("run eval");
     assert!(output.status.success(), "{}", output_text(&output));
@@ -186,10 +187,26 @@ fn train_resumes_after_sigkill() {
     assert_eq!(report["ranked_images"], 3);
     assert_eq!(report["candidates"], 8);
     assert_eq!(report["prompts"], 2);
+    assert_eq!(report["prompt_guidance"], 1.5);
+    assert_eq!(report["prompt_temperature"], 0.4);
     let bits = report["bits_per_dim"].as_f64().expect("bits/dim");
     assert!(bits.is_finite(), "bits/dim {bits}");
     assert!(bits > 0.0, "bits/dim {bits}");
     assert!(straight.join("eval-test.json").is_file());
+    let output = jetformer()
+        .arg("--model")
+        .arg(&straight)
+        .args(["eval", "--data"])
+        .arg(&data)
+        .args(["--temperature", "0"])
+        .output()
+        .expect("run eval");
+    assert!(!output.status.success());
+    assert!(
+        output_text(&output).contains("temperature is 0; use a positive number"),
+        "{}",
+        output_text(&output)
+    );
 
     // A finished run is extended by a new cycle, and cannot be shortened below its checkpoint.
     let run_settings = || -> serde_json::Value {

@@ -19,32 +19,36 @@ pub struct GenerateOptions {
     pub count: usize,
     /// Seed of every random draw; the same seed gives the same images. Default: 0.
     pub seed: u64,
-    /// Multiplies every mixture scale. Default: 0.5.
+    /// Multiplies every mixture scale. Default: 0.3.
     pub scale_temperature: f64,
     /// Multiplies the mixture logits. Default: 1.
     pub mixture_temperature: f64,
     /// Scale of the factored-out latent dims, drawn from N(0, 1); 0 sets them to zero.
     /// Default: 0.
     pub noise_factor: f64,
-    /// Classifier-free guidance weight; 0 turns guidance off. Default: 6.
+    /// Classifier-free guidance weight; 0 turns guidance off. Default: 2.
     pub guidance: f64,
     /// Emit a preview every this many tokens; 0 emits none. Default: 0.
     pub preview_every: usize,
 }
 
-/// The defaults favour clean, recognisable images from small models over sample variety: on
-/// the bundled emoji model, a low scale temperature, no factored-dim noise and strong
-/// guidance gave the most recognisable samples. The paper's settings for large models are
-/// a temperature near 1 with guidance between 2 and 9.
+/// The defaults favour clean, recognisable images from small models over sample variety. On
+/// the bundled emoji model, a low scale temperature, no factored-dim noise and mild guidance
+/// gave the cleanest samples and the best prompt fidelity of the settings compared (guidance
+/// 0 to 6, temperature 0.3 and 0.5). Stronger guidance follows the prompt's colours more
+/// closely but scatters saturated pixels. With equal scales, the guided mean lies past the
+/// conditional mean by the guidance weight times the gap between the two components' means,
+/// and that gap is wide where the two mixtures disagree. The paper's settings for large
+/// models are a temperature near 1 with guidance between 2 and 9.
 impl Default for GenerateOptions {
     fn default() -> Self {
         Self {
             count: 1,
             seed: 0,
-            scale_temperature: 0.5,
+            scale_temperature: 0.3,
             mixture_temperature: 1.0,
             noise_factor: 0.0,
-            guidance: 6.0,
+            guidance: 2.0,
             preview_every: 0,
         }
     }

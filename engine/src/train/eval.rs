@@ -28,6 +28,10 @@ pub struct EvalOptions {
     pub batch_size: usize,
     /// Seed of dequantization noise and of generation.
     pub seed: u64,
+    /// Classifier-free guidance weight of the prompt fidelity generations.
+    pub guidance: f64,
+    /// Scale temperature of the prompt fidelity generations.
+    pub scale_temperature: f64,
 }
 
 impl Default for EvalOptions {
@@ -38,6 +42,8 @@ impl Default for EvalOptions {
             prior_images: 64,
             batch_size: 32,
             seed: 0,
+            guidance: GenerateOptions::default().guidance,
+            scale_temperature: GenerateOptions::default().scale_temperature,
         }
     }
 }
@@ -78,6 +84,13 @@ pub struct EvalReport {
     pub caption_category_accuracy: f64,
     /// Held-out concepts generated from their names.
     pub prompts: usize,
+    /// Guidance weight of those generations (absent in reports written before it was
+    /// recorded, which used the default of their time).
+    #[serde(default)]
+    pub prompt_guidance: Option<f64>,
+    /// Scale temperature of those generations.
+    #[serde(default)]
+    pub prompt_temperature: Option<f64>,
     /// Fraction of prompts whose nearest training image is of the prompted concept.
     pub prompt_top1: f64,
     /// Fraction of prompts with the prompted concept among the five nearest training images.
@@ -127,6 +140,13 @@ pub fn evaluate(
             train.size, test.size
         )));
     }
+    // The sampling settings of prompt fidelity are checked before the slow parts run.
+    let sampling = GenerateOptions {
+        guidance: options.guidance,
+        scale_temperature: options.scale_temperature,
+        ..GenerateOptions::default()
+    };
+    sampling.validate()?;
     let batch_size = options.batch_size.max(1);
     let images_of = |examples: &[&Example]| -> Vec<RgbImage> {
         examples
@@ -261,7 +281,7 @@ pub fn evaluate(
         let ids = text.encode(prompt)?.ids;
         let generate = GenerateOptions {
             seed: options.seed.wrapping_add(index as u64),
-            ..GenerateOptions::default()
+            ..sampling.clone()
         };
         let Some(images) = infer::generate(model, &ids, &generate, &CancelToken::new(), |_| {})?
         else {
@@ -293,6 +313,8 @@ pub fn evaluate(
         },
         caption_category_accuracy: category_hits as f64 / ranked_count,
         prompts: prompts.len(),
+        prompt_guidance: Some(options.guidance),
+        prompt_temperature: Some(options.scale_temperature),
         prompt_top1: prompt_hits.top1 as f64 / prompt_count,
         prompt_top5: prompt_hits.top5 as f64 / prompt_count,
         prompt_soft_top1: prompt_hits.soft_top1 as f64 / prompt_count,
