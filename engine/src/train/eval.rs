@@ -36,14 +36,15 @@ pub struct EvalOptions {
 
 impl Default for EvalOptions {
     fn default() -> Self {
+        let sampling = GenerateOptions::default();
         Self {
             limit: None,
             prompt_limit: None,
             prior_images: 64,
             batch_size: 32,
             seed: 0,
-            guidance: GenerateOptions::default().guidance,
-            scale_temperature: GenerateOptions::default().scale_temperature,
+            guidance: sampling.guidance,
+            scale_temperature: sampling.scale_temperature,
         }
     }
 }
@@ -84,8 +85,8 @@ pub struct EvalReport {
     pub caption_category_accuracy: f64,
     /// Held-out concepts generated from their names.
     pub prompts: usize,
-    /// Guidance weight of those generations (absent in reports written before it was
-    /// recorded, which used the default of their time).
+    /// Guidance weight of those generations, or `None` in reports written before it was
+    /// recorded.
     #[serde(default)]
     pub prompt_guidance: Option<f64>,
     /// Scale temperature of those generations.
@@ -140,7 +141,7 @@ pub fn evaluate(
             train.size, test.size
         )));
     }
-    // The sampling settings of prompt fidelity are checked before the slow parts run.
+    // Checks the prompt fidelity settings before the slow parts run.
     let sampling = GenerateOptions {
         guidance: options.guidance,
         scale_temperature: options.scale_temperature,
