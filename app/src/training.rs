@@ -167,6 +167,10 @@ pub struct EvalArgs {
     /// Scale temperature of the prompt fidelity generations [default: that of `generate`].
     #[arg(long)]
     temperature: Option<f64>,
+    /// Best names of the calibrated ranking ranked again by the image's likelihood given
+    /// each name (0 skips that ranking).
+    #[arg(long, default_value_t = EvalOptions::default().rerank)]
+    rerank: usize,
     /// JSON file for the results (default: eval-SPLIT.json in the model folder).
     #[arg(long)]
     out: Option<PathBuf>,
@@ -456,6 +460,7 @@ pub fn run_eval(bundle: &Bundle, model_dir: &Path, args: &EvalArgs, json: bool) 
         prior_images: args.prior_images,
         guidance: args.guidance.unwrap_or(defaults.guidance),
         scale_temperature: args.temperature.unwrap_or(defaults.scale_temperature),
+        rerank: args.rerank,
         ..defaults
     };
     let bar = ProgressBar::new(1);
@@ -513,6 +518,17 @@ pub fn run_eval(bundle: &Bundle, model_dir: &Path, args: &EvalArgs, json: bool) 
             100.0 * report.calibrated_top5,
             report.prior_images
         );
+        if report.reranked_candidates > 0 {
+            println!(
+                "best {:<3} re-ranked by     log p(image | name): top-1 {:.1}%  top-5 {:.1}%;  \
+                 summed with the calibrated score: top-1 {:.1}%  top-5 {:.1}%",
+                report.reranked_candidates,
+                100.0 * report.reranked_top1,
+                100.0 * report.reranked_top5,
+                100.0 * report.combined_top1,
+                100.0 * report.combined_top5
+            );
+        }
         println!(
             "caption category          {:.1}%",
             100.0 * report.caption_category_accuracy

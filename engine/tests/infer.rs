@@ -7,7 +7,7 @@ use image::RgbImage;
 use jetformer_engine::image::pixels_pm1_from_u8;
 use jetformer_engine::infer::{
     self, CancelToken, CaptionOptions, Event, GenerateOptions, Interpolation, bits_per_dim,
-    caption, generate, interpolate, score_captions,
+    bits_per_dim_given_captions, caption, generate, interpolate, score_captions,
 };
 use jetformer_engine::loss::{StepNoise, TrainBatch};
 use jetformer_engine::train::{OptimizerConfig, Trainer};
@@ -274,6 +274,24 @@ fn bits_per_dim_is_repeatable_and_finite() {
     assert_eq!(a.len(), 2);
     assert!(a.iter().chain(&c).all(|v| v.is_finite() && *v > 0.0));
     assert_ne!(a, c, "the caption changes the likelihood");
+}
+
+#[test]
+fn caption_batch_matches_single_calls() {
+    let model = random_model();
+    let image = fixture_images(3).remove(2);
+    let captions = fixture_captions();
+    let together = bits_per_dim_given_captions(&model, &image, &captions, 4).expect("bpd");
+    assert_eq!(together.len(), captions.len());
+    for (caption, value) in captions.iter().zip(&together) {
+        let alone =
+            bits_per_dim(&model, std::slice::from_ref(&image), Some(caption), 4).expect("bpd")[0];
+        assert!((alone - value).abs() < 1e-4, "{alone} against {value}");
+    }
+    assert!(together.windows(2).any(|pair| pair[0] != pair[1]));
+    let small = RgbImage::new(4, 4);
+    let error = bits_per_dim_given_captions(&model, &small, &captions, 4).expect_err("4x4");
+    assert!(error.to_string().contains("4x4"), "{error}");
 }
 
 #[test]

@@ -17,8 +17,8 @@ use crate::model::JetFormer;
 
 pub use generate::{GenerateOptions, generate};
 pub use understand::{
-    CaptionOptions, Interpolation, bits_per_dim, caption, caption_priors, interpolate,
-    log_mean_likelihoods, score_captions,
+    CaptionOptions, Interpolation, bits_per_dim, bits_per_dim_given_captions, caption,
+    caption_priors, interpolate, log_mean_likelihoods, score_captions,
 };
 
 /// A flag shared with a running call; setting it stops the call within one token.

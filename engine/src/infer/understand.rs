@@ -273,35 +273,81 @@ pub fn bits_per_dim(
         return Ok(Vec::new());
     }
     let device = model_device(model);
-    let size = config.image.size;
-    let mut pixels = Vec::with_capacity(batch * size * size * 3);
-    for image in images {
-        pixels.extend_from_slice(image.as_raw());
-    }
-    if pixels.len() != batch * size * size * 3 {
-        return Err(Error::Input(format!(
-            "every image must be {size}x{size} RGB"
-        )));
-    }
+    let pixels = image_pixels(model, images)?;
     let ids = pad_caption(model, caption.unwrap_or(&[]))?;
-    let ids: Vec<i64> = (0..batch)
-        .flat_map(|_| ids.iter().map(|&id| id as i64))
-        .collect();
-    let text_batch = TrainBatch {
-        pixels_pm1: pixels_pm1_from_u8(&pixels, batch, size, &device),
-        text: Tensor::from_data(TensorData::new(ids, [batch, config.text.max_len]), &device),
-        text_mask: Tensor::ones([batch, config.text.max_len], &device),
-    };
     let mut rng = StdRng::seed_from_u64(seed);
     let mut noise = StepNoise::evaluation(config, batch, true, &mut rng, &device);
     if caption.is_none() {
         noise.drop_prefix = Tensor::ones([batch], &device);
     }
-    let output = model.loss(&text_batch, &noise);
-    Ok(download(output.image_bits_per_dim)
+    Ok(image_bits(model, pixels, vec![ids; batch], &noise))
+}
+
+/// Bits per dimension of one image given each of `captions`, text first, with one draw of
+/// dequantization noise shared by all captions so that the values differ only by caption.
+/// The lowest value marks the caption under which the model finds the image most likely:
+/// ranking by it is the generative counterpart of [`score_captions`].
+pub fn bits_per_dim_given_captions(
+    model: &JetFormer,
+    image: &RgbImage,
+    captions: &[Vec<usize>],
+    seed: u64,
+) -> Result<Vec<f64>> {
+    let batch = captions.len();
+    if batch == 0 {
+        return Ok(Vec::new());
+    }
+    let device = model_device(model);
+    let pixels = image_pixels(model, std::slice::from_ref(image))?.repeat(batch);
+    let ids = captions
+        .iter()
+        .map(|caption| pad_caption(model, caption))
+        .collect::<Result<Vec<_>>>()?;
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut noise = StepNoise::evaluation(&model.config, batch, true, &mut rng, &device);
+    noise.dequantization = noise.dequantization.narrow(0, 0, 1).repeat_dim(0, batch);
+    Ok(image_bits(model, pixels, ids, &noise))
+}
+
+/// Collects the raw RGB bytes of `images` after checking each against the model's image size.
+fn image_pixels(model: &JetFormer, images: &[RgbImage]) -> Result<Vec<u8>> {
+    let size = model.config.image.size;
+    let mut pixels = Vec::with_capacity(images.len() * size * size * 3);
+    for image in images {
+        if image.dimensions() != (size as u32, size as u32) {
+            return Err(Error::Input(format!(
+                "an image is {}x{}, but the model takes {size}x{size} RGB; resize it first",
+                image.width(),
+                image.height()
+            )));
+        }
+        pixels.extend_from_slice(image.as_raw());
+    }
+    Ok(pixels)
+}
+
+/// Runs the loss on images (`pixels`, one row of `ids` each, padded to the text length) and
+/// returns each image's bits per dimension.
+fn image_bits(
+    model: &JetFormer,
+    pixels: Vec<u8>,
+    ids: Vec<Vec<usize>>,
+    noise: &StepNoise,
+) -> Vec<f64> {
+    let config = &model.config;
+    let device = model_device(model);
+    let batch = ids.len();
+    let ids: Vec<i64> = ids.iter().flatten().map(|&id| id as i64).collect();
+    let text_batch = TrainBatch {
+        pixels_pm1: pixels_pm1_from_u8(&pixels, batch, config.image.size, &device),
+        text: Tensor::from_data(TensorData::new(ids, [batch, config.text.max_len]), &device),
+        text_mask: Tensor::ones([batch, config.text.max_len], &device),
+    };
+    let output = model.loss(&text_batch, noise);
+    download(output.image_bits_per_dim)
         .into_iter()
         .map(f64::from)
-        .collect())
+        .collect()
 }
 
 /// How two latents are blended.

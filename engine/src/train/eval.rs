@@ -32,6 +32,10 @@ pub struct EvalOptions {
     pub guidance: f64,
     /// Scale temperature of the prompt fidelity generations.
     pub scale_temperature: f64,
+    /// Best names of the calibrated ranking that are ranked again by the image's likelihood
+    /// given each name; 0 skips that ranking.
+    #[serde(default)]
+    pub rerank: usize,
 }
 
 impl Default for EvalOptions {
@@ -45,6 +49,7 @@ impl Default for EvalOptions {
             seed: 0,
             guidance: sampling.guidance,
             scale_temperature: sampling.scale_temperature,
+            rerank: 10,
         }
     }
 }
@@ -77,6 +82,24 @@ pub struct EvalReport {
     /// Top-5 accuracy of the calibrated ranking.
     #[serde(default)]
     pub calibrated_top5: f64,
+    /// Best names of the calibrated ranking ranked again by `log p(image | name)`, the
+    /// image's likelihood with the name as its prefix (0: not measured).
+    #[serde(default)]
+    pub reranked_candidates: usize,
+    /// Top-1 accuracy when those names are ranked by `log p(image | name)` alone.
+    #[serde(default)]
+    pub reranked_top1: f64,
+    /// Top-5 accuracy when those names are ranked by `log p(image | name)` alone.
+    #[serde(default)]
+    pub reranked_top5: f64,
+    /// Top-1 accuracy when those names are ranked by the sum of the calibrated score and
+    /// `log p(image | name)`: two estimates of how much the name and the image tell about
+    /// each other, one from each order of the sequence.
+    #[serde(default)]
+    pub combined_top1: f64,
+    /// Top-5 accuracy of that sum.
+    #[serde(default)]
+    pub combined_top5: f64,
     /// The names' priors used by the calibrated ranking, to be saved beside the model
     /// ([`crate::checkpoint::PRIORS_FILE`]). Not part of the report's JSON.
     #[serde(skip)]
@@ -217,6 +240,11 @@ pub fn evaluate(
     let mut top5 = 0usize;
     let mut calibrated_top1 = 0usize;
     let mut calibrated_top5 = 0usize;
+    let mut reranked_top1 = 0usize;
+    let mut reranked_top5 = 0usize;
+    let mut combined_top1 = 0usize;
+    let mut combined_top5 = 0usize;
+    let dims = (size * size * 3) as f64;
     let mut category_hits = 0usize;
     for (index, example) in ranked.iter().enumerate() {
         progress("caption ranking", index, ranked.len());
@@ -233,6 +261,28 @@ pub fn evaluate(
         let rank = rank_of(&calibrated, own);
         calibrated_top1 += usize::from(rank == 0);
         calibrated_top5 += usize::from(rank < 5);
+        if options.rerank > 0 {
+            let best = best_indices(&calibrated, options.rerank);
+            let ids: Vec<Vec<usize>> = best.iter().map(|&i| name_ids[i].clone()).collect();
+            let bits = infer::bits_per_dim_given_captions(model, &image, &ids, options.seed)?;
+            let image_scores: Vec<f64> = bits
+                .iter()
+                .map(|bits| -bits * dims * std::f64::consts::LN_2)
+                .collect();
+            let combined: Vec<f64> = best
+                .iter()
+                .zip(&image_scores)
+                .map(|(&i, image_score)| calibrated[i] + image_score)
+                .collect();
+            let (image_rank, combined_rank) = match best.iter().position(|&i| i == own) {
+                Some(own) => (rank_of(&image_scores, own), rank_of(&combined, own)),
+                None => (rank, rank),
+            };
+            reranked_top1 += usize::from(image_rank == 0);
+            reranked_top5 += usize::from(image_rank < 5);
+            combined_top1 += usize::from(combined_rank == 0);
+            combined_top5 += usize::from(combined_rank < 5);
+        }
 
         let caption = infer::caption(
             model,
@@ -304,6 +354,11 @@ pub fn evaluate(
         prior_images: reference.len(),
         calibrated_top1: calibrated_top1 as f64 / ranked_count,
         calibrated_top5: calibrated_top5 as f64 / ranked_count,
+        reranked_candidates: options.rerank.min(names.len()),
+        reranked_top1: reranked_top1 as f64 / ranked_count,
+        reranked_top5: reranked_top5 as f64 / ranked_count,
+        combined_top1: combined_top1 as f64 / ranked_count,
+        combined_top5: combined_top5 as f64 / ranked_count,
         priors: CaptionPriors {
             images: reference.len(),
             priors: names
@@ -325,6 +380,14 @@ pub fn evaluate(
         held_out_soft_top1: held_out_hits.soft_top1 as f64 / count,
         held_out_soft_top5: held_out_hits.soft_top5 as f64 / count,
     })
+}
+
+/// Returns the indices of the `count` highest scores, best first.
+fn best_indices(scores: &[f64], count: usize) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..scores.len()).collect();
+    order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]));
+    order.truncate(count);
+    order
 }
 
 /// Returns how many candidates score above candidate `own`: 0 when it ranks first.
