@@ -167,8 +167,8 @@ pub struct EvalArgs {
     /// Scale temperature of the prompt fidelity generations [default: that of `generate`].
     #[arg(long)]
     temperature: Option<f64>,
-    /// Best names of the calibrated ranking ranked again by the image's likelihood given
-    /// each name (0 skips that ranking).
+    /// Count of the calibrated ranking's best names ranked again by the image's likelihood
+    /// given each name (0 skips that ranking).
     #[arg(long, default_value_t = EvalOptions::default().rerank)]
     rerank: usize,
     /// JSON file for the results (default: eval-SPLIT.json in the model folder).

@@ -283,10 +283,10 @@ pub fn bits_per_dim(
     Ok(image_bits(model, pixels, vec![ids; batch], &noise))
 }
 
-/// Bits per dimension of one image given each of `captions`, text first, with one draw of
-/// dequantization noise shared by all captions so that the values differ only by caption.
-/// The lowest value marks the caption under which the model finds the image most likely:
-/// ranking by it is the generative counterpart of [`score_captions`].
+/// Computes the bits per dimension of one image given each of `captions` (text first). All
+/// captions share one draw of dequantization noise, so the values differ only by caption.
+/// The lowest value marks the caption under which the image is most likely, the generative
+/// counterpart of [`score_captions`].
 pub fn bits_per_dim_given_captions(
     model: &JetFormer,
     image: &RgbImage,
@@ -298,6 +298,8 @@ pub fn bits_per_dim_given_captions(
         return Ok(Vec::new());
     }
     let device = model_device(model);
+    // NOTE: the flow encodes the same image once per caption. Encoding it once and sharing
+    // the latents would save that work, but the loss takes pixels.
     let pixels = image_pixels(model, std::slice::from_ref(image))?.repeat(batch);
     let ids = captions
         .iter()

@@ -32,8 +32,8 @@ pub struct EvalOptions {
     pub guidance: f64,
     /// Scale temperature of the prompt fidelity generations.
     pub scale_temperature: f64,
-    /// Best names of the calibrated ranking that are ranked again by the image's likelihood
-    /// given each name; 0 skips that ranking.
+    /// Count of the calibrated ranking's best names that are ranked again by the image's
+    /// likelihood given each name. With 0 that ranking is skipped.
     #[serde(default)]
     pub rerank: usize,
 }
@@ -92,9 +92,9 @@ pub struct EvalReport {
     /// Top-5 accuracy when those names are ranked by `log p(image | name)` alone.
     #[serde(default)]
     pub reranked_top5: f64,
-    /// Top-1 accuracy when those names are ranked by the sum of the calibrated score and
-    /// `log p(image | name)`: two estimates of how much the name and the image tell about
-    /// each other, one from each order of the sequence.
+    /// Top-1 accuracy when those names are ranked by the calibrated score plus
+    /// `log p(image | name)`. Both estimate how much the name and the image tell about each
+    /// other, one from each order of the sequence.
     #[serde(default)]
     pub combined_top1: f64,
     /// Top-5 accuracy of that sum.
