@@ -87,6 +87,10 @@ enum Command {
         /// candidate (by default such a ranking subtracts each caption's prior).
         #[arg(long)]
         plain: bool,
+        /// Count of the calibrated ranking's best captions scored again by the image's
+        /// likelihood given each caption (0 skips it; a plain ranking is never re-ranked).
+        #[arg(long, default_value_t = infer::RERANK_CANDIDATES)]
+        rerank: usize,
     },
     /// Bits per dimension of images, unconditional or given a caption.
     Bpd {
@@ -184,6 +188,7 @@ pub fn run(cli: Cli) -> Result<()> {
             captions,
             top,
             plain,
+            rerank,
         } => {
             let priors = if plain {
                 None
@@ -196,6 +201,7 @@ pub fn run(cli: Cli) -> Result<()> {
                 &captions,
                 priors.as_ref(),
                 usize::from(top),
+                rerank,
                 cli.json,
             )
         }
@@ -227,6 +233,11 @@ fn check_png_path(out: &Path) -> Result<()> {
     if !is_png {
         bail!("output {} must end in .png", out.display());
     }
+    check_parent_dir(out)
+}
+
+/// Checks that the folder an output file goes into exists, before any work is done.
+pub fn check_parent_dir(out: &Path) -> Result<()> {
     if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty())
         && !parent.is_dir()
     {
@@ -347,6 +358,7 @@ fn run_rank(
     captions_file: &Path,
     priors: Option<&CaptionPriors>,
     top: usize,
+    rerank: usize,
     json: bool,
 ) -> Result<()> {
     let text = std::fs::read_to_string(captions_file)
@@ -370,15 +382,24 @@ fn run_rank(
     let scores = infer::score_captions(&bundle.model, &image, &ids, 64)?;
     // Calibrated scores order the captions and give the probabilities; log-prob stays plain.
     let calibrated = priors.and_then(|priors| priors.calibrate(&candidates, &scores));
-    let ranking = calibrated.as_ref().unwrap_or(&scores);
-    let mut order: Vec<usize> = (0..scores.len()).collect();
-    order.sort_by(|&a, &b| ranking[b].total_cmp(&ranking[a]));
-    let max = ranking[order[0]];
-    let total: f64 = ranking.iter().map(|s| (s - max).exp()).sum();
-    let ranked: Vec<(&str, f64, f64)> = order
-        .iter()
-        .take(top.max(1))
-        .map(|&i| (candidates[i], scores[i], (ranking[i] - max).exp() / total))
+    if calibrated.is_none() && priors.is_some() {
+        eprintln!(
+            "note: {PRIORS_FILE} has no prior for some of these captions, so they are ranked \
+             by plain log-prob and not re-ranked"
+        );
+    }
+    let top = top.max(1);
+    let reranked = rerank > 0 && calibrated.is_some();
+    let best = match &calibrated {
+        Some(calibrated) if rerank > 0 => {
+            infer::rerank_captions(&bundle.model, &image, &ids, calibrated, rerank, 0)?.top(top)
+        }
+        Some(calibrated) => infer::top_probabilities(calibrated, top),
+        None => infer::top_probabilities(&scores, top),
+    };
+    let ranked: Vec<(&str, f64, f64)> = best
+        .into_iter()
+        .map(|(i, probability)| (candidates[i], scores[i], probability))
         .collect();
     if json {
         let rows: Vec<_> = ranked
@@ -389,12 +410,19 @@ fn run_rank(
                     "log_prob": log_prob,
                     "probability": probability,
                     "calibrated": calibrated.is_some(),
+                    "reranked": reranked,
                 })
             })
             .collect();
         println!("{}", serde_json::Value::Array(rows));
     } else {
-        if calibrated.is_some() {
+        if reranked {
+            println!(
+                "ranked by log-prob minus each caption's prior ({PRIORS_FILE}), the best {} \
+                 scored again by the image's likelihood given each",
+                rerank.min(candidates.len())
+            );
+        } else if calibrated.is_some() {
             println!("ranked by log-prob minus each caption's prior ({PRIORS_FILE})");
         }
         println!("probability\tlog-prob\tcaption");

@@ -10,7 +10,7 @@ use anyhow::{Context, Result, bail};
 use clap::{Args, Subcommand};
 use indicatif::{ProgressBar, ProgressStyle};
 use jetformer_engine::checkpoint::{
-    Bundle, load_bundle, load_weights, weights_bytes, write_atomically,
+    Bundle, PRIORS_FILE, load_bundle, load_weights, weights_bytes, write_atomically,
 };
 use jetformer_engine::config::LossConfig;
 use jetformer_engine::text::{TextCodec, train_tokenizer};
@@ -18,7 +18,7 @@ use jetformer_engine::train::OptimizerConfig;
 use jetformer_engine::train::data::{Dataset, split_dir};
 use jetformer_engine::train::emoji;
 use jetformer_engine::train::eval::{EvalOptions, evaluate};
-use jetformer_engine::train::run::{METRICS_FILE, Report, Run, RunConfig, TrainingData};
+use jetformer_engine::train::run::{METRICS_FILE, NewCycle, Report, Run, RunConfig, TrainingData};
 use jetformer_engine::{ComputeDevice, JetFormer, JetFormerConfig};
 use serde_json::json;
 
@@ -77,9 +77,9 @@ pub struct TrainArgs {
     /// Examples per step.
     #[arg(long, default_value_t = 32)]
     batch_size: usize,
-    /// Peak learning rate.
-    #[arg(long, default_value_t = 3e-4)]
-    learning_rate: f64,
+    /// Peak learning rate [default: 3e-4]. With --resume, it applies to the new cycle.
+    #[arg(long)]
+    learning_rate: Option<f64>,
     /// Seed of the weights, data order, caption draws and noise.
     #[arg(long, default_value_t = 0)]
     seed: u64,
@@ -259,9 +259,18 @@ pub fn run_train(args: TrainArgs, device: &ComputeDevice) -> Result<()> {
             })
         })
         .transpose()?;
-    let preset = match &initial {
-        Some(bundle) => bundle.model.config.clone(),
-        None => JetFormerConfig::preset(args.preset.as_deref().unwrap_or("small"))?,
+    let resumed = args
+        .resume
+        .then(|| {
+            JetFormerConfig::load(&args.out.join("config.json"))
+                .context("--resume needs a run started in --out")
+        })
+        .transpose()?;
+    // The images are loaded at the size of the model that trains on them.
+    let preset = match (&initial, &resumed) {
+        (Some(bundle), _) => bundle.model.config.clone(),
+        (None, Some(config)) => config.clone(),
+        (None, None) => JetFormerConfig::preset(args.preset.as_deref().unwrap_or("small"))?,
     };
     let size = preset.image.size;
     let train = load_split(&args.data, "train", size)?;
@@ -273,9 +282,7 @@ pub fn run_train(args: TrainArgs, device: &ComputeDevice) -> Result<()> {
     datasets.extend(test.as_ref());
     let concepts = concept_names(&datasets);
 
-    let mut run = if args.resume {
-        let config = JetFormerConfig::load(&args.out.join("config.json"))
-            .context("--resume needs a run started in --out")?;
+    let mut run = if let Some(config) = resumed {
         let loss = args.loss_settings(&config.loss);
         let text = TextCodec::load(&args.out.join("tokenizer.json"), config.text.clone())?;
         let train_data = TrainingData::new(&train, &text)?;
@@ -283,13 +290,17 @@ pub fn run_train(args: TrainArgs, device: &ComputeDevice) -> Result<()> {
             .as_ref()
             .map(|test| TrainingData::new(test, &text))
             .transpose()?;
+        let cycle = NewCycle {
+            steps: args.steps,
+            loss: Some(loss),
+            learning_rate: args.learning_rate,
+        };
         Run::resume(
             &args.out,
             train_data,
             held_out,
             concepts,
-            args.steps,
-            Some(loss),
+            &cycle,
             &device.device,
         )?
     } else {
@@ -344,6 +355,7 @@ pub fn run_train(args: TrainArgs, device: &ComputeDevice) -> Result<()> {
         } else {
             args.sample_prompts.clone()
         };
+        let defaults = OptimizerConfig::default();
         let settings = RunConfig {
             batch_size: args.batch_size,
             seed: args.seed,
@@ -352,9 +364,9 @@ pub fn run_train(args: TrainArgs, device: &ComputeDevice) -> Result<()> {
             eval_every: args.eval_every,
             sample_prompts,
             optimizer: OptimizerConfig {
-                learning_rate: args.learning_rate,
-                total_steps: args.steps.unwrap_or(OptimizerConfig::default().total_steps),
-                ..OptimizerConfig::default()
+                learning_rate: args.learning_rate.unwrap_or(defaults.learning_rate),
+                total_steps: args.steps.unwrap_or(defaults.total_steps),
+                ..defaults
             },
             ..RunConfig::default()
         };
@@ -468,6 +480,11 @@ pub fn run_eval(bundle: &Bundle, model_dir: &Path, args: &EvalArgs, json: bool) 
         ProgressStyle::with_template("{msg:24} {bar:30} {pos}/{len} [{elapsed_precise}]")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
+    let out = args
+        .out
+        .clone()
+        .unwrap_or_else(|| model_dir.join(format!("eval-{}.json", args.split)));
+    crate::cli::check_parent_dir(&out)?;
     let started = std::time::Instant::now();
     let report = evaluate(
         &bundle.model,
@@ -482,20 +499,22 @@ pub fn run_eval(bundle: &Bundle, model_dir: &Path, args: &EvalArgs, json: bool) 
         },
     )?;
     bar.finish_and_clear();
-    if report.priors.images > 0 && !report.priors.priors.is_empty() {
-        report.priors.save(model_dir)?;
-    }
     let value = json!({
         "split": args.split,
         "seconds": started.elapsed().as_secs_f64(),
         "report": report,
     });
     let text = serde_json::to_string_pretty(&value)?;
-    let out = args
-        .out
-        .clone()
-        .unwrap_or_else(|| model_dir.join(format!("eval-{}.json", args.split)));
     write_atomically(&out, text.as_bytes())?;
+    // The priors replace the model's own only once the report is written.
+    if report.priors.images > 0 && !report.priors.priors.is_empty() {
+        report.priors.save(model_dir)?;
+        eprintln!(
+            "wrote {} with name priors from {} training images",
+            model_dir.join(PRIORS_FILE).display(),
+            report.priors.images
+        );
+    }
     if json {
         println!("{value}");
     } else {
@@ -520,13 +539,13 @@ pub fn run_eval(bundle: &Bundle, model_dir: &Path, args: &EvalArgs, json: bool) 
         );
         if report.reranked_candidates > 0 {
             println!(
-                "best {:<3} re-ranked by     log p(image | name): top-1 {:.1}%  top-5 {:.1}%;  \
-                 summed with the calibrated score: top-1 {:.1}%  top-5 {:.1}%",
+                "re-ranked ranking         top-1 {:.1}%  top-5 {:.1}%  (best {} names scored by \
+                 the image's likelihood too; by that likelihood alone: top-1 {:.1}%  top-5 {:.1}%)",
+                100.0 * report.combined_top1,
+                100.0 * report.combined_top5,
                 report.reranked_candidates,
                 100.0 * report.reranked_top1,
-                100.0 * report.reranked_top5,
-                100.0 * report.combined_top1,
-                100.0 * report.combined_top5
+                100.0 * report.reranked_top5
             );
         }
         println!(

@@ -117,8 +117,10 @@ fn bundled_model_captions_and_ranks() {
             row["calibrated"], true,
             "the bundled caption-priors.json was not used"
         );
+        assert_eq!(row["reranked"], true, "the best names were not re-ranked");
         previous = probability;
     }
+    assert_eq!(ranked[0]["caption"], "red apple", "{ranked:?}");
 }
 
 #[test]

@@ -137,13 +137,30 @@ fn every_command_runs() {
         let output = fixture.run(&args);
         assert!(output.status.success(), "{}", text(&output.stderr));
         let rows: serde_json::Value = serde_json::from_slice(&output.stdout).expect("json");
-        (rows[0]["caption"].clone(), rows[0]["calibrated"].clone())
+        let top = &rows[0];
+        (
+            top["caption"].clone(),
+            top["calibrated"].clone(),
+            top["reranked"].clone(),
+        )
     };
     let mut entries: Vec<(&str, f64)> = CAPTIONS.iter().map(|caption| (*caption, 0.0)).collect();
     entries[3].1 = -1000.0;
     priors(&entries);
-    assert_eq!(rank_top(&[]), (CAPTIONS[3].into(), true.into()));
+    assert_eq!(
+        rank_top(&[]),
+        (CAPTIONS[3].into(), true.into(), true.into())
+    );
+    assert_eq!(
+        rank_top(&["--rerank", "0"]),
+        (CAPTIONS[3].into(), true.into(), false.into())
+    );
     assert_eq!(rank_top(&["--plain"]).1, false);
+    assert_eq!(
+        rank_top(&["--plain"]).2,
+        false,
+        "a plain ranking was re-ranked"
+    );
     priors(&entries[..3]);
     assert_eq!(
         rank_top(&[]).1,

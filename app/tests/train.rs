@@ -208,6 +208,29 @@ fn train_resumes_after_sigkill() {
         output_text(&output)
     );
 
+    // An output folder that does not exist fails before any work, leaving the priors alone.
+    let priors = std::fs::read(straight.join("caption-priors.json")).expect("priors");
+    let missing = data.join("missing").join("eval.json");
+    let output = jetformer()
+        .arg("--model")
+        .arg(&straight)
+        .args(["eval", "--prior-images", "1", "--data"])
+        .arg(&data)
+        .arg("--out")
+        .arg(&missing)
+        .output()
+        .expect("run eval");
+    assert!(!output.status.success());
+    assert!(
+        output_text(&output).contains("does not exist; create it first"),
+        "{}",
+        output_text(&output)
+    );
+    assert_eq!(
+        std::fs::read(straight.join("caption-priors.json")).expect("priors"),
+        priors
+    );
+
     // A finished run is extended by a new cycle, and cannot be shortened below its checkpoint.
     let run_settings = || -> serde_json::Value {
         let text = std::fs::read_to_string(straight.join("run.json")).expect("run.json");
@@ -225,12 +248,20 @@ fn train_resumes_after_sigkill() {
         output_text(&output)
     );
     assert_eq!(run_settings()["optimizer"]["total_steps"], steps);
+    // Without --preset, the resumed run loads the images at its own size.
+    let mut args = train_args(&straight, steps + 20);
+    let preset = args
+        .iter()
+        .position(|arg| arg == "--preset")
+        .expect("--preset");
+    args.drain(preset..preset + 2);
     let output = jetformer()
-        .args(train_args(&straight, steps + 20))
-        .arg("--resume")
+        .args(&args)
+        .args(["--resume", "--learning-rate", "0.001"])
         .output()
         .expect("extend the run");
     assert!(output.status.success(), "{}", output_text(&output));
+    assert_eq!(run_settings()["optimizer"]["learning_rate"], 0.001);
     assert_eq!(run_settings()["optimizer"]["cycle_start"], steps);
     assert_eq!(run_settings()["optimizer"]["total_steps"], steps + 20);
     let extended = losses(&straight);

@@ -7,7 +7,8 @@ use image::RgbImage;
 use jetformer_engine::image::pixels_pm1_from_u8;
 use jetformer_engine::infer::{
     self, CancelToken, CaptionOptions, Event, GenerateOptions, Interpolation, bits_per_dim,
-    bits_per_dim_given_captions, caption, generate, interpolate, score_captions,
+    bits_per_dim_given_captions, caption, generate, image_log_ratios, interpolate, rerank_captions,
+    score_captions, top_probabilities,
 };
 use jetformer_engine::loss::{StepNoise, TrainBatch};
 use jetformer_engine::train::{OptimizerConfig, Trainer};
@@ -292,6 +293,88 @@ fn caption_batch_matches_single_calls() {
     let small = RgbImage::new(4, 4);
     let error = bits_per_dim_given_captions(&model, &small, &captions, 4).expect_err("4x4");
     assert!(error.to_string().contains("4x4"), "{error}");
+}
+
+#[test]
+fn image_ratios_match_single_calls() {
+    let model = random_model();
+    let image = fixture_images(3).remove(1);
+    // More captions than one batch holds, so the shared noise must also cross batches.
+    let captions: Vec<Vec<usize>> = (0..18).map(|i| vec![1 + i % 9, 2 + i % 5]).collect();
+    let ratios = image_log_ratios(&model, &image, &captions, 7).expect("ratios");
+    assert_eq!(ratios.len(), captions.len());
+    let size = model.config.image.size;
+    let nats = (size * size * 3) as f64 * std::f64::consts::LN_2;
+    let single = |caption: Option<&[usize]>| {
+        bits_per_dim(&model, std::slice::from_ref(&image), caption, 7).expect("bpd")[0]
+    };
+    let unconditional = single(None);
+    for (caption, ratio) in captions.iter().zip(&ratios) {
+        let expected = (unconditional - single(Some(caption))) * nats;
+        assert!(
+            (expected - ratio).abs() < 1e-4 * nats,
+            "{expected} against {ratio}"
+        );
+    }
+    assert!(ratios.windows(2).any(|pair| pair[0] != pair[1]));
+    assert!(
+        image_log_ratios(&model, &image, &[], 7)
+            .expect("none")
+            .is_empty()
+    );
+}
+
+#[test]
+fn reranking_reorders_the_best_candidates_only() {
+    let model = random_model();
+    let image = fixture_images(2).remove(0);
+    let captions = fixture_captions();
+    // The third and first captions are the best two.
+    let scores = [-2.0, -5.0, -1.0, -3.0];
+    let reranking = rerank_captions(&model, &image, &captions, &scores, 2, 3).expect("rerank");
+    assert_eq!(reranking.candidates, vec![2, 0]);
+    let best = [captions[2].clone(), captions[0].clone()];
+    let ratios = image_log_ratios(&model, &image, &best, 3).expect("ratios");
+    assert_eq!(reranking.image_scores, ratios);
+
+    let sums = [scores[2] + ratios[0], scores[0] + ratios[1]];
+    let expected_order = if sums[0] >= sums[1] {
+        vec![2, 0, 3, 1]
+    } else {
+        vec![0, 2, 3, 1]
+    };
+    assert_eq!(reranking.order, expected_order);
+
+    let exps: Vec<f64> = scores.iter().map(|s| f64::exp(*s)).collect();
+    let total: f64 = exps.iter().sum();
+    let p = &reranking.probabilities;
+    assert!((p[1] - exps[1] / total).abs() < 1e-12);
+    assert!((p[3] - exps[3] / total).abs() < 1e-12);
+    assert!((p[0] + p[2] - (exps[0] + exps[2]) / total).abs() < 1e-12);
+    let mean_gap = 0.5 * (sums[0] - sums[1]);
+    assert!((p[2] / p[0] - mean_gap.exp()).abs() < 1e-9 * mean_gap.exp().max(1.0));
+    let top = reranking.top(3);
+    assert_eq!(top.len(), 3);
+    assert_eq!(top[0], (expected_order[0], p[expected_order[0]]));
+
+    let all = rerank_captions(&model, &image, &captions, &scores, 10, 3).expect("all");
+    assert_eq!(all.candidates, vec![2, 0, 3, 1]);
+    let sum: f64 = all.probabilities.iter().sum();
+    assert!((sum - 1.0).abs() < 1e-12);
+    let error = rerank_captions(&model, &image, &captions, &scores[..3], 2, 3).expect_err("3");
+    assert!(error.to_string().contains("3 scores"), "{error}");
+}
+
+#[test]
+fn top_probabilities_are_a_softmax_over_all_scores() {
+    let ranked = top_probabilities(&[0.0, 2.0f64.ln(), f64::NEG_INFINITY, 0.0], 3);
+    let indices: Vec<usize> = ranked.iter().map(|&(index, _)| index).collect();
+    assert_eq!(indices, vec![1, 0, 3]);
+    let probabilities: Vec<f64> = ranked.iter().map(|&(_, p)| p).collect();
+    for (got, expected) in probabilities.iter().zip([0.5, 0.25, 0.25]) {
+        assert!((got - expected).abs() < 1e-12, "{probabilities:?}");
+    }
+    assert!(top_probabilities(&[f64::NEG_INFINITY], 1).is_empty());
 }
 
 #[test]

@@ -9,7 +9,9 @@ use burn::tensor::{Device, Tensor};
 use jetformer_engine::text::{TextCodec, train_tokenizer};
 use jetformer_engine::train::OptimizerConfig;
 use jetformer_engine::train::data::{Dataset, MetadataRow, write_metadata};
-use jetformer_engine::train::run::{Report, Run, RunConfig, TrainingData, latest_checkpoint};
+use jetformer_engine::train::run::{
+    NewCycle, Report, Run, RunConfig, TrainingData, latest_checkpoint,
+};
 use jetformer_engine::{JetFormer, JetFormerConfig};
 
 fn fixtures() -> PathBuf {
@@ -128,8 +130,7 @@ fn run_resumes_exactly_after_kill() {
         data,
         None,
         Vec::new(),
-        None,
-        None,
+        &NewCycle::default(),
         &Device::flex(),
     )
     .expect("resumes");
@@ -148,7 +149,7 @@ fn run_resumes_exactly_after_kill() {
 }
 
 #[test]
-fn loss_change_needs_new_cycle() {
+fn loss_and_rate_change_need_new_cycle() {
     let setup = setup();
     let model = JetFormer::new(&setup.config, &Device::flex().autodiff());
     let out = tempdir("new-cycle");
@@ -163,15 +164,11 @@ fn loss_change_needs_new_cycle() {
         ..setup.config.loss.clone()
     };
 
-    let rejected = Run::resume(
-        &out,
-        data(),
-        None,
-        Vec::new(),
-        None,
-        Some(loss.clone()),
-        &Device::flex(),
-    );
+    let change = NewCycle {
+        loss: Some(loss.clone()),
+        ..NewCycle::default()
+    };
+    let rejected = Run::resume(&out, data(), None, Vec::new(), &change, &Device::flex());
     let message = rejected
         .err()
         .expect("a loss change without a new cycle is rejected")
@@ -183,18 +180,49 @@ fn loss_change_needs_new_cycle() {
         "a rejected resume changed config.json"
     );
 
-    let resumed = Run::resume(
-        &out,
-        data(),
-        None,
-        Vec::new(),
-        Some(8),
-        Some(loss.clone()),
-        &Device::flex(),
-    )
-    .expect("a new cycle may change the loss settings");
+    let change = NewCycle {
+        learning_rate: Some(1e-4),
+        ..NewCycle::default()
+    };
+    let rejected = Run::resume(&out, data(), None, Vec::new(), &change, &Device::flex());
+    let message = rejected
+        .err()
+        .expect("a learning rate change without a new cycle is rejected")
+        .to_string();
+    assert!(message.contains("learning rate"), "{message}");
+
+    let change = NewCycle {
+        steps: Some(8),
+        loss: Some(loss.clone()),
+        learning_rate: Some(1e-4),
+    };
+    let run_json = std::fs::read(out.join("run.json")).expect("run.json");
+    let larger = Dataset::load(&fixtures(), 16).expect("the fixtures load at 16x16");
+    let larger = TrainingData::new(&larger, &setup.text).expect("data");
+    let rejected = Run::resume(&out, larger, None, Vec::new(), &change, &Device::flex());
+    let message = rejected
+        .err()
+        .expect("images of another size are rejected")
+        .to_string();
+    assert!(message.contains("16x16"), "{message}");
+    assert_eq!(
+        std::fs::read(out.join("run.json")).expect("run.json"),
+        run_json,
+        "a rejected resume changed run.json"
+    );
+
+    let resumed = Run::resume(&out, data(), None, Vec::new(), &change, &Device::flex())
+        .expect("a new cycle may change the loss settings and the learning rate");
     assert_eq!(resumed.trainer.model.config.loss, loss);
     assert_eq!(resumed.settings.optimizer.cycle_start, 1);
+    assert_eq!(resumed.settings.optimizer.learning_rate, 1e-4);
+    assert_eq!(resumed.trainer.config.learning_rate, 1e-4);
+    let saved: RunConfig =
+        jetformer_engine::checkpoint::read_json(&out.join("run.json")).expect("run.json");
+    assert_eq!(
+        saved.optimizer.learning_rate, 1e-4,
+        "run.json keeps the old rate"
+    );
     let saved = JetFormerConfig::load(&out.join("config.json")).expect("config");
     assert_eq!(
         saved.loss, loss,

@@ -167,7 +167,15 @@ fn show_card(ui: &mut egui::Ui, card: &Card) -> Option<UnderstandAction> {
                     ui.label(format!("Bits per dimension: {:.3}", result.bits_per_dim));
                     if !result.ranking.is_empty() {
                         let heading = ui.weak("Best matching names");
-                        if result.calibrated {
+                        if result.reranked > 0 {
+                            heading.on_hover_text(format!(
+                                "Ranked by how much more likely the image makes each name than \
+                                 it is on average (each name's prior is in caption-priors.json); \
+                                 the best {} are also scored by how much more likely each name \
+                                 makes the image",
+                                result.reranked
+                            ));
+                        } else if result.calibrated {
                             heading.on_hover_text(
                                 "Ranked by how much more likely the image makes each name than \
                                  it is on average (each name's prior is in caption-priors.json)",

@@ -293,21 +293,200 @@ pub fn bits_per_dim_given_captions(
     captions: &[Vec<usize>],
     seed: u64,
 ) -> Result<Vec<f64>> {
-    let batch = captions.len();
-    if batch == 0 {
+    bits_given_captions(model, image, captions, false, seed)
+}
+
+/// Computes `log p(image | caption) - log p(image)` in nats for each of `captions`, where
+/// `log p(image)` is the unconditional likelihood (NOLABEL prefix). All rows share one draw
+/// of dequantization noise, the draw of [`bits_per_dim`] with the same seed. It is the
+/// image's side of the pointwise mutual information that calibrated caption scores measure
+/// from the text side.
+pub fn image_log_ratios(
+    model: &JetFormer,
+    image: &RgbImage,
+    captions: &[Vec<usize>],
+    seed: u64,
+) -> Result<Vec<f64>> {
+    if captions.is_empty() {
         return Ok(Vec::new());
     }
-    let device = model_device(model);
-    // NOTE: the flow encodes the same image once per caption. Encoding it once and sharing
-    // the latents would save that work, but the loss takes pixels.
-    let pixels = image_pixels(model, std::slice::from_ref(image))?.repeat(batch);
-    let ids = captions
+    let mut bits = bits_given_captions(model, image, captions, true, seed)?;
+    let unconditional = bits.pop().unwrap_or_default();
+    let size = model.config.image.size;
+    let nats_per_bit_per_dim = (size * size * 3) as f64 * std::f64::consts::LN_2;
+    Ok(bits
         .iter()
-        .map(|caption| pad_caption(model, caption))
+        .map(|bits| (unconditional - bits) * nats_per_bit_per_dim)
+        .collect())
+}
+
+/// Number of best captions that the window, `rank` and `eval` re-rank by default. On the
+/// bundled model, re-ranking the best 10 of 1906 names took the true name's top-5 rate from
+/// 36.4% to 41.0% on held-out images.
+pub const RERANK_CANDIDATES: usize = 10;
+
+/// A caption ranking after [`rerank_captions`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct Reranking {
+    /// Indices of the re-ranked captions, best first by the scores given.
+    pub candidates: Vec<usize>,
+    /// [`image_log_ratios`] of the candidates, in the order of `candidates`.
+    pub image_scores: Vec<f64>,
+    /// Every caption's index, best first: the candidates ordered by the sum of their score
+    /// and image score, then the other captions by their score.
+    pub order: Vec<usize>,
+    /// Each caption's probability, indexed like the captions: a softmax over the scores
+    /// given, except that the candidates share their total by a softmax over the mean of
+    /// their two scores.
+    pub probabilities: Vec<f64>,
+}
+
+impl Reranking {
+    /// Returns the first `top` captions of [`Self::order`] with their probabilities.
+    pub fn top(&self, top: usize) -> Vec<(usize, f64)> {
+        self.order
+            .iter()
+            .take(top)
+            .map(|&index| (index, self.probabilities[index]))
+            .collect()
+    }
+}
+
+/// Re-ranks the `count` best of `captions` by `scores`, calibrated caption scores in nats
+/// (`log p(caption | image)` minus the caption's prior, an estimate of the pointwise mutual
+/// information of caption and image). The candidates are ordered again by the sum of that
+/// estimate and the one from the image side, [`image_log_ratios`], and stay ahead of the
+/// other captions. The image side spans thousands of dimensions, so its estimate varies
+/// far more than the text side's, and mixing the two scales over all captions would let
+/// names the text side ranked low overtake. The flow and the transformer run once per
+/// candidate, which is why only the best few are re-ranked.
+pub fn rerank_captions(
+    model: &JetFormer,
+    image: &RgbImage,
+    captions: &[Vec<usize>],
+    scores: &[f64],
+    count: usize,
+    seed: u64,
+) -> Result<Reranking> {
+    if scores.len() != captions.len() {
+        return Err(Error::Input(format!(
+            "{} scores were given for {} captions; pass one score per caption",
+            scores.len(),
+            captions.len()
+        )));
+    }
+    let mut order = best_first(scores);
+    let count = count.min(order.len());
+    let candidates = order[..count].to_vec();
+    let candidate_ids: Vec<Vec<usize>> = candidates.iter().map(|&i| captions[i].clone()).collect();
+    let image_scores = image_log_ratios(model, image, &candidate_ids, seed)?;
+
+    let means: Vec<f64> = candidates
+        .iter()
+        .zip(&image_scores)
+        .map(|(&index, image_score)| 0.5 * (scores[index] + image_score))
+        .collect();
+    let by_mean = best_first(&means);
+    for (slot, &position) in order.iter_mut().zip(&by_mean) {
+        *slot = candidates[position];
+    }
+
+    let mut probabilities = softmax(scores);
+    let candidates_total: f64 = candidates.iter().map(|&index| probabilities[index]).sum();
+    for (&index, share) in candidates.iter().zip(softmax(&means)) {
+        probabilities[index] = candidates_total * share;
+    }
+    Ok(Reranking {
+        candidates,
+        image_scores,
+        order,
+        probabilities,
+    })
+}
+
+/// Returns the softmax of `scores`; all zeros when no score is finite.
+fn softmax(scores: &[f64]) -> Vec<f64> {
+    let max = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    if !max.is_finite() {
+        return vec![0.0; scores.len()];
+    }
+    let exps: Vec<f64> = scores.iter().map(|score| (score - max).exp()).collect();
+    let total: f64 = exps.iter().sum();
+    exps.iter().map(|value| value / total).collect()
+}
+
+/// Returns the `top` best of `scores` (log-likelihoods in nats), best first, each with its
+/// probability under a softmax over all of `scores`. Empty when no score is finite.
+pub fn top_probabilities(scores: &[f64], top: usize) -> Vec<(usize, f64)> {
+    if !scores.iter().any(|score| score.is_finite()) {
+        return Vec::new();
+    }
+    let probabilities = softmax(scores);
+    best_first(scores)
+        .into_iter()
+        .take(top)
+        .map(|index| (index, probabilities[index]))
+        .collect()
+}
+
+/// Returns the indices of `scores`, highest score first; ties keep their order.
+pub fn best_first(scores: &[f64]) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..scores.len()).collect();
+    order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]));
+    order
+}
+
+/// Rows of one image that [`bits_given_captions`] runs through the flow and the transformer
+/// at a time.
+const BITS_BATCH: usize = 16;
+
+/// Computes the bits per dimension of one image given each caption, plus one row for the
+/// unconditional likelihood when `unconditional` is set. All rows share one dequantization
+/// draw, so the values differ only by caption.
+fn bits_given_captions(
+    model: &JetFormer,
+    image: &RgbImage,
+    captions: &[Vec<usize>],
+    unconditional: bool,
+    seed: u64,
+) -> Result<Vec<f64>> {
+    let mut rows: Vec<Option<&[usize]>> = captions.iter().map(|c| Some(c.as_slice())).collect();
+    if unconditional {
+        rows.push(None);
+    }
+    let mut bits = Vec::with_capacity(rows.len());
+    for chunk in rows.chunks(BITS_BATCH) {
+        bits.extend(bits_of_rows(model, image, chunk, seed)?);
+    }
+    Ok(bits)
+}
+
+/// Computes the bits per dimension of one image given each row's caption, or the NOLABEL
+/// prefix for `None`, in one batch. Every batch takes the first image's draw from `seed`,
+/// which is the same for any batch size.
+fn bits_of_rows(
+    model: &JetFormer,
+    image: &RgbImage,
+    rows: &[Option<&[usize]>],
+    seed: u64,
+) -> Result<Vec<f64>> {
+    let batch = rows.len();
+    let device = model_device(model);
+    // NOTE: the flow encodes the same image once per row. Encoding it once and sharing the
+    // latents would save that work, but the loss takes pixels.
+    let pixels = image_pixels(model, std::slice::from_ref(image))?.repeat(batch);
+    let ids = rows
+        .iter()
+        .map(|row| pad_caption(model, row.unwrap_or(&[])))
         .collect::<Result<Vec<_>>>()?;
     let mut rng = StdRng::seed_from_u64(seed);
     let mut noise = StepNoise::evaluation(&model.config, batch, true, &mut rng, &device);
     noise.dequantization = noise.dequantization.narrow(0, 0, 1).repeat_dim(0, batch);
+    let drop: Vec<f32> = rows
+        .iter()
+        .map(|row| if row.is_none() { 1.0 } else { 0.0 })
+        .collect();
+    noise.drop_prefix = Tensor::from_data(TensorData::new(drop, [batch]), &device);
     Ok(image_bits(model, pixels, ids, &noise))
 }
 

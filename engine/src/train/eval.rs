@@ -49,7 +49,7 @@ impl Default for EvalOptions {
             seed: 0,
             guidance: sampling.guidance,
             scale_temperature: sampling.scale_temperature,
-            rerank: 10,
+            rerank: infer::RERANK_CANDIDATES,
         }
     }
 }
@@ -82,22 +82,24 @@ pub struct EvalReport {
     /// Top-5 accuracy of the calibrated ranking.
     #[serde(default)]
     pub calibrated_top5: f64,
-    /// Best names of the calibrated ranking ranked again by `log p(image | name)`, the
-    /// image's likelihood with the name as its prefix (0: not measured).
+    /// Best names of the calibrated ranking ranked again with the image's likelihood given
+    /// each name, [`infer::rerank_captions`] (0: not measured).
     #[serde(default)]
     pub reranked_candidates: usize,
-    /// Top-1 accuracy when those names are ranked by `log p(image | name)` alone.
+    /// Top-1 accuracy when those names are ranked by `log p(image | name)` alone, the
+    /// image's likelihood with the name as its prefix.
     #[serde(default)]
     pub reranked_top1: f64,
     /// Top-5 accuracy when those names are ranked by `log p(image | name)` alone.
     #[serde(default)]
     pub reranked_top5: f64,
-    /// Top-1 accuracy when those names are ranked by the calibrated score plus
-    /// `log p(image | name)`. Both estimate how much the name and the image tell about each
-    /// other, one from each order of the sequence.
+    /// Top-1 accuracy after [`infer::rerank_captions`], which orders those names by the sum
+    /// of their calibrated score and `log p(image | name) - log p(image)`. Both estimate how
+    /// much the name and the image tell about each other, one from each order of the
+    /// sequence.
     #[serde(default)]
     pub combined_top1: f64,
-    /// Top-5 accuracy of that sum.
+    /// Top-5 accuracy of that ranking.
     #[serde(default)]
     pub combined_top5: f64,
     /// The names' priors used by the calibrated ranking, to be saved beside the model
@@ -244,7 +246,6 @@ pub fn evaluate(
     let mut reranked_top5 = 0usize;
     let mut combined_top1 = 0usize;
     let mut combined_top5 = 0usize;
-    let dims = (size * size * 3) as f64;
     let mut category_hits = 0usize;
     for (index, example) in ranked.iter().enumerate() {
         progress("caption ranking", index, ranked.len());
@@ -262,22 +263,23 @@ pub fn evaluate(
         calibrated_top1 += usize::from(rank == 0);
         calibrated_top5 += usize::from(rank < 5);
         if options.rerank > 0 {
-            let best = best_indices(&calibrated, options.rerank);
-            let ids: Vec<Vec<usize>> = best.iter().map(|&i| name_ids[i].clone()).collect();
-            let bits = infer::bits_per_dim_given_captions(model, &image, &ids, options.seed)?;
-            let image_scores: Vec<f64> = bits
-                .iter()
-                .map(|bits| -bits * dims * std::f64::consts::LN_2)
-                .collect();
-            let combined: Vec<f64> = best
-                .iter()
-                .zip(&image_scores)
-                .map(|(&i, image_score)| calibrated[i] + image_score)
-                .collect();
-            let (image_rank, combined_rank) = match best.iter().position(|&i| i == own) {
-                Some(own) => (rank_of(&image_scores, own), rank_of(&combined, own)),
-                None => (rank, rank),
+            let reranking = infer::rerank_captions(
+                model,
+                &image,
+                &name_ids,
+                &calibrated,
+                options.rerank,
+                options.seed,
+            )?;
+            let image_rank = match reranking.candidates.iter().position(|&i| i == own) {
+                Some(own) => rank_of(&reranking.image_scores, own),
+                None => rank,
             };
+            let combined_rank = reranking
+                .order
+                .iter()
+                .position(|&i| i == own)
+                .unwrap_or(rank);
             reranked_top1 += usize::from(image_rank == 0);
             reranked_top5 += usize::from(image_rank < 5);
             combined_top1 += usize::from(combined_rank == 0);
@@ -380,14 +382,6 @@ pub fn evaluate(
         held_out_soft_top1: held_out_hits.soft_top1 as f64 / count,
         held_out_soft_top5: held_out_hits.soft_top5 as f64 / count,
     })
-}
-
-/// Returns the indices of the `count` highest scores, best first.
-fn best_indices(scores: &[f64], count: usize) -> Vec<usize> {
-    let mut order: Vec<usize> = (0..scores.len()).collect();
-    order.sort_by(|&a, &b| scores[b].total_cmp(&scores[a]));
-    order.truncate(count);
-    order
 }
 
 /// Returns how many candidates score above candidate `own`: 0 when it ranks first.

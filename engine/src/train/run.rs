@@ -136,6 +136,17 @@ impl RunConfig {
     }
 }
 
+/// Settings that `--resume` may change, each only with a new cycle ([`Run::resume`]).
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct NewCycle {
+    /// Step at which the run ends; another value than the run's starts a new cycle.
+    pub steps: Option<usize>,
+    /// Loss settings of the new cycle: noise curriculum and text loss weight.
+    pub loss: Option<LossConfig>,
+    /// Peak learning rate of the new cycle.
+    pub learning_rate: Option<f64>,
+}
+
 /// Progress reports of a run.
 #[derive(Clone, Debug)]
 pub enum Report {
@@ -383,37 +394,66 @@ impl Run {
         Ok(run)
     }
 
-    /// Resumes the run saved in `out` from its latest checkpoint. With `steps` other than the
-    /// run's own, the run is extended (or shortened) to end at `steps`: a new cycle of warmup,
-    /// cosine decay and noise curriculum starts at the checkpoint, and `run.json` records it.
-    /// A new cycle may also change the loss settings (`loss`), and `config.json` records them.
-    /// A change without a new cycle is rejected, because the resumed run would then no longer
-    /// repeat an uninterrupted one.
+    /// Resumes the run saved in `out` from its latest checkpoint. With `cycle.steps` other
+    /// than the run's own, the run is extended (or shortened) to end there: a new cycle of
+    /// warmup, cosine decay and noise curriculum starts at the checkpoint, and `run.json`
+    /// records it. A new cycle may also change the loss settings and the peak learning rate,
+    /// and `config.json` and `run.json` record them. A change without a new cycle is
+    /// rejected, because the resumed run would then no longer repeat an uninterrupted one.
     pub fn resume(
         out: &Path,
         train: TrainingData,
         held_out: Option<TrainingData>,
         concepts: Vec<String>,
-        steps: Option<usize>,
-        loss: Option<LossConfig>,
+        cycle: &NewCycle,
         device: &Device,
     ) -> Result<Self> {
         let mut settings: RunConfig = read_json(&out.join(RUN_FILE))?;
         settings.validate()?;
         let config_path = out.join(checkpoint::CONFIG_FILE);
         let mut config = JetFormerConfig::load(&config_path)?;
+        let steps = cycle.steps;
         let new_cycle = steps.is_some_and(|steps| steps != settings.optimizer.total_steps);
-        if let Some(loss) = loss.filter(|loss| *loss != config.loss) {
+        let no_new_cycle = |what: String| {
+            Error::Input(format!(
+                "{what} can only change with a new cycle; pass --steps above the run's {} steps",
+                settings.optimizer.total_steps
+            ))
+        };
+        if let Some(loss) = cycle.loss.clone().filter(|loss| *loss != config.loss) {
             if !new_cycle {
-                return Err(Error::Input(format!(
-                    "the loss settings of {} can only change with a new cycle; pass --steps \
-                     above the run's {} steps",
-                    config_path.display(),
-                    settings.optimizer.total_steps
+                return Err(no_new_cycle(format!(
+                    "the loss settings of {}",
+                    config_path.display()
                 )));
             }
             config.loss = loss;
             config.validate()?;
+        }
+        let learning_rate = cycle
+            .learning_rate
+            .filter(|&rate| rate != settings.optimizer.learning_rate);
+        if let Some(rate) = learning_rate {
+            if !new_cycle {
+                return Err(no_new_cycle(format!(
+                    "the learning rate ({} in the run, {rate} requested)",
+                    settings.optimizer.learning_rate
+                )));
+            }
+            settings.optimizer.learning_rate = rate;
+            settings.validate()?;
+        }
+        if let Some(data) = std::iter::once(&train)
+            .chain(held_out.as_ref())
+            .find(|data| data.size != config.image.size)
+        {
+            return Err(Error::Input(format!(
+                "the images were loaded at {0}x{0}, but the run in {1} trains on {2}x{2}; load \
+                 them at the run's size",
+                data.size,
+                out.display(),
+                config.image.size
+            )));
         }
         let text = TextCodec::load(&out.join(checkpoint::TOKENIZER_FILE), config.text.clone())?;
         let Some(latest) = latest_checkpoint(out)? else {
@@ -433,10 +473,7 @@ impl Run {
             }
             settings.optimizer.cycle_start = state.step;
             settings.optimizer.total_steps = steps;
-            write_settings(out, &settings)?;
-            config.save(&config_path)?;
         }
-        drop_metrics_after(out, state.step)?;
         let mut model = JetFormer::new(&config, &device.clone().autodiff());
         load_burnpack(&mut model, &latest.join("model.bpk"))?;
         let mut ema = JetFormer::new(&config, device);
@@ -453,6 +490,12 @@ impl Run {
         let mut trainer = Trainer::new(model, settings.optimizer.clone());
         trainer.optimizer = trainer.optimizer.load_record(record);
         trainer.step = state.step;
+        // The run folder changes only once everything has loaded.
+        if new_cycle {
+            write_settings(out, &settings)?;
+            config.save(&config_path)?;
+        }
+        drop_metrics_after(out, state.step)?;
         Ok(Self {
             trainer,
             ema,
