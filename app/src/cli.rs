@@ -193,7 +193,12 @@ pub fn run(cli: Cli) -> Result<()> {
             let priors = if plain {
                 None
             } else {
-                CaptionPriors::load(&model_dir)?
+                CaptionPriors::load(&model_dir).with_context(|| {
+                    format!(
+                        "fix or delete {}, or pass --plain to rank without it",
+                        model_dir.join(PRIORS_FILE).display()
+                    )
+                })?
             };
             run_rank(
                 &bundle,
@@ -374,10 +379,20 @@ fn run_rank(
             captions_file.display()
         );
     }
-    let ids = candidates
+    let encoded = candidates
         .iter()
-        .map(|caption| Ok(bundle.text.encode(caption)?.ids))
-        .collect::<Result<Vec<_>>>()?;
+        .map(|caption| bundle.text.encode(caption))
+        .collect::<Result<Vec<_>, _>>()?;
+    let cut = encoded.iter().filter(|e| e.truncated_tokens > 0).count();
+    if cut > 0 {
+        eprintln!(
+            "warning: captions longer than the model's {} tokens were cut to that length ({cut} \
+             of {})",
+            bundle.text.config().max_len,
+            candidates.len()
+        );
+    }
+    let ids: Vec<Vec<usize>> = encoded.into_iter().map(|e| e.ids).collect();
     let image = load_images(bundle, &[path.to_path_buf()])?.remove(0);
     let scores = infer::score_captions(&bundle.model, &image, &ids, 64)?;
     // Calibrated scores order the captions and give the probabilities; log-prob stays plain.

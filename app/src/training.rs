@@ -99,8 +99,8 @@ pub struct TrainArgs {
     #[arg(long = "sample-prompt")]
     sample_prompts: Vec<String>,
     /// Stop after this many steps of this invocation (the run can be resumed later).
-    #[arg(long)]
-    max_steps: Option<usize>,
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+    max_steps: Option<u64>,
     /// RGB noise std at the start of the curriculum, on the 0..255 scale [default: 64]. With
     /// --resume, it applies to the new cycle that --steps starts.
     #[arg(long)]
@@ -242,6 +242,12 @@ fn concept_names(datasets: &[&Dataset]) -> Vec<String> {
 }
 
 pub fn run_train(args: TrainArgs, device: &ComputeDevice) -> Result<()> {
+    if args.out.exists() && !args.out.is_dir() {
+        bail!(
+            "--out {} is a file; pass a folder for the model and its checkpoints",
+            args.out.display()
+        );
+    }
     // With --init-from, the model on the plain device, grown to the requested sizes.
     let initial = args
         .init_from
@@ -398,7 +404,9 @@ pub fn run_train(args: TrainArgs, device: &ComputeDevice) -> Result<()> {
     })
     .context("could not install the Ctrl-C handler")?;
 
-    let limit = args.max_steps.map(|steps| run.trainer.step + steps);
+    let limit = args
+        .max_steps
+        .map(|steps| run.trainer.step.saturating_add(steps as usize));
     let bar = ProgressBar::new(run.settings.optimizer.total_steps as u64);
     bar.set_style(
         ProgressStyle::with_template(

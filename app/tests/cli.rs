@@ -251,6 +251,18 @@ fn bad_inputs_fail_with_a_message() {
         (vec!["bench".into(), "--runs".into(), "0".into()], "--runs"),
         (
             vec![
+                "interpolate".into(),
+                p(&fixture.path("image0.png")).into(),
+                p(&fixture.path("image1.png")).into(),
+                "--steps".into(),
+                "100000".into(),
+                "--out".into(),
+                p(&out).into(),
+            ],
+            "use between 2 and 256",
+        ),
+        (
+            vec![
                 "--model".into(),
                 p(&fixture.path("no-such-model")).into(),
                 "caption".into(),

@@ -372,6 +372,9 @@ fn train_commands_reject_bad_input() {
     let fixtures = fixtures();
     let fixtures = fixtures.to_str().expect("utf-8 path");
     let d = dir.to_str().expect("utf-8 path");
+    let not_a_folder = dir.join("model.png");
+    std::fs::write(&not_a_folder, b"not a folder").expect("write");
+    let not_a_folder = not_a_folder.to_str().expect("utf-8 path").to_string();
     let cases: Vec<(Vec<&str>, &str)> = vec![
         (
             vec!["data", "emoji", "--packages", d, "--out", d],
@@ -408,6 +411,24 @@ fn train_commands_reject_bad_input() {
                 "train", "--data", fixtures, "--out", d, "--preset", "tiny", "--steps", "0",
             ],
             "steps",
+        ),
+        (
+            vec![
+                "train",
+                "--data",
+                fixtures,
+                "--out",
+                d,
+                "--preset",
+                "tiny",
+                "--max-steps",
+                "0",
+            ],
+            "--max-steps",
+        ),
+        (
+            vec!["train", "--data", fixtures, "--out", &not_a_folder],
+            "is a file",
         ),
     ];
     for (args, expected) in cases {

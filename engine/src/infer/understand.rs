@@ -320,6 +320,9 @@ pub fn image_log_ratios(
         .collect())
 }
 
+/// Largest number of images in one interpolation strip.
+pub const MAX_INTERPOLATION_STEPS: usize = 256;
+
 /// Number of best captions that the window, `rank` and `eval` re-rank by default. On the
 /// bundled model, re-ranking the best 10 of 1906 names took the true name's top-5 rate from
 /// 36.4% to 41.0% on held-out images.
@@ -549,8 +552,10 @@ pub fn interpolate(
     steps: usize,
     mode: Interpolation,
 ) -> Result<Vec<RgbImage>> {
-    if steps < 2 {
-        return Err(Error::Input(format!("steps is {steps}; use at least 2")));
+    if !(2..=MAX_INTERPOLATION_STEPS).contains(&steps) {
+        return Err(Error::Input(format!(
+            "steps is {steps}; use between 2 and {MAX_INTERPOLATION_STEPS}"
+        )));
     }
     let latents = encode(model, &[first.clone(), second.clone()])?;
     let [_, num_tokens, token_dim] = latents.dims();
