@@ -532,47 +532,55 @@ pub fn run_eval(bundle: &Bundle, model_dir: &Path, args: &EvalArgs, json: bool) 
             "bits/dim (no caption)     {:.4}",
             report.unconditional_bits_per_dim
         );
-        println!(
-            "caption ranking           top-1 {:.1}%  top-5 {:.1}%  ({} images, {} candidates)",
-            100.0 * report.caption_top1,
-            100.0 * report.caption_top5,
-            report.ranked_images,
-            report.candidates
-        );
-        println!(
-            "calibrated ranking        top-1 {:.1}%  top-5 {:.1}%  (name priors from {} training images)",
-            100.0 * report.calibrated_top1,
-            100.0 * report.calibrated_top5,
-            report.prior_images
-        );
-        if report.reranked_candidates > 0 {
+        if report.ranked_images == 0 {
+            println!("caption ranking           not measured (--limit 0)");
+        } else {
             println!(
-                "re-ranked ranking         top-1 {:.1}%  top-5 {:.1}%  (best {} names scored by \
-                 the image's likelihood too; by that likelihood alone: top-1 {:.1}%  top-5 {:.1}%)",
-                100.0 * report.combined_top1,
-                100.0 * report.combined_top5,
-                report.reranked_candidates,
-                100.0 * report.reranked_top1,
-                100.0 * report.reranked_top5
+                "caption ranking           top-1 {:.1}%  top-5 {:.1}%  ({} images, {} candidates)",
+                100.0 * report.caption_top1,
+                100.0 * report.caption_top5,
+                report.ranked_images,
+                report.candidates
+            );
+            println!(
+                "calibrated ranking        top-1 {:.1}%  top-5 {:.1}%  (name priors from {} training images)",
+                100.0 * report.calibrated_top1,
+                100.0 * report.calibrated_top5,
+                report.prior_images
+            );
+            if report.reranked_candidates > 0 {
+                println!(
+                    "re-ranked ranking         top-1 {:.1}%  top-5 {:.1}%  (best {} names scored by \
+                     the image's likelihood too; by that likelihood alone: top-1 {:.1}%  top-5 {:.1}%)",
+                    100.0 * report.combined_top1,
+                    100.0 * report.combined_top5,
+                    report.reranked_candidates,
+                    100.0 * report.reranked_top1,
+                    100.0 * report.reranked_top5
+                );
+            }
+            println!(
+                "caption category          {:.1}%",
+                100.0 * report.caption_category_accuracy
             );
         }
-        println!(
-            "caption category          {:.1}%",
-            100.0 * report.caption_category_accuracy
-        );
-        println!(
-            "prompt fidelity           top-1 {:.1}%  top-5 {:.1}%  ({} prompts, guidance {}, temperature {})",
-            100.0 * report.prompt_top1,
-            100.0 * report.prompt_top5,
-            report.prompts,
-            options.guidance,
-            options.scale_temperature
-        );
-        println!(
-            "  over soft tokens only    top-1 {:.1}%  top-5 {:.1}%",
-            100.0 * report.prompt_soft_top1,
-            100.0 * report.prompt_soft_top5
-        );
+        if report.prompts == 0 {
+            println!("prompt fidelity           not measured (--prompt-limit 0)");
+        } else {
+            println!(
+                "prompt fidelity           top-1 {:.1}%  top-5 {:.1}%  ({} prompts, guidance {}, temperature {})",
+                100.0 * report.prompt_top1,
+                100.0 * report.prompt_top5,
+                report.prompts,
+                options.guidance,
+                options.scale_temperature
+            );
+            println!(
+                "  over soft tokens only    top-1 {:.1}%  top-5 {:.1}%",
+                100.0 * report.prompt_soft_top1,
+                100.0 * report.prompt_soft_top5
+            );
+        }
         println!(
             "held-out images retrieved top-1 {:.1}%  top-5 {:.1}%  (soft tokens only: {:.1}%, {:.1}%)",
             100.0 * report.held_out_top1,
