@@ -406,10 +406,9 @@ fn run_rank(
     let top = top.max(1);
     let reranked = rerank > 0 && calibrated.is_some();
     let best = match &calibrated {
-        Some(calibrated) if rerank > 0 => {
-            infer::rerank_captions(&bundle.model, &image, &ids, calibrated, rerank, 0)?.top(top)
+        Some(calibrated) => {
+            infer::best_captions(&bundle.model, &image, &ids, calibrated, rerank, top)?
         }
-        Some(calibrated) => infer::top_probabilities(calibrated, top),
         None => infer::top_probabilities(&scores, top),
     };
     let ranked: Vec<(&str, f64, f64)> = best

@@ -126,8 +126,8 @@ pub struct Understanding {
     /// Whether the ranking subtracted each caption's prior from its log-likelihood, which
     /// makes the probabilities those of a uniform prior over the candidates.
     pub calibrated: bool,
-    /// How many of the best calibrated captions were scored again by the image's likelihood
-    /// given each ([`infer::rerank_captions`]); 0 when none were.
+    /// Number of the best calibrated captions scored again by the image's likelihood given
+    /// each ([`infer::rerank_captions`]), or 0 when none were.
     pub reranked: usize,
     /// Unconditional bits per dimension of the model view.
     pub bits_per_dim: f64,
@@ -466,12 +466,9 @@ impl WorkerState {
             match priors.and_then(|p| p.calibrate(&info.concepts, &scores)) {
                 Some(adjusted) => {
                     let count = infer::RERANK_CANDIDATES;
-                    let reranking =
-                        infer::rerank_captions(model, &model_view, &ids, &adjusted, count, 0)?;
                     calibrated = true;
-                    reranked = reranking.candidates.len();
-                    reranking
-                        .top(TOP_CAPTIONS)
+                    reranked = count.min(ids.len());
+                    infer::best_captions(model, &model_view, &ids, &adjusted, count, TOP_CAPTIONS)?
                         .into_iter()
                         .map(|(index, probability)| (info.concepts[index].clone(), probability))
                         .collect()

@@ -347,15 +347,21 @@ fn reranking_reorders_the_best_candidates_only() {
 
     let exps: Vec<f64> = scores.iter().map(|s| f64::exp(*s)).collect();
     let total: f64 = exps.iter().sum();
-    let p = &reranking.probabilities;
-    assert!((p[1] - exps[1] / total).abs() < 1e-12);
-    assert!((p[3] - exps[3] / total).abs() < 1e-12);
-    assert!((p[0] + p[2] - (exps[0] + exps[2]) / total).abs() < 1e-12);
+    let probabilities = &reranking.probabilities;
+    assert!((probabilities[1] - exps[1] / total).abs() < 1e-12);
+    assert!((probabilities[3] - exps[3] / total).abs() < 1e-12);
+    assert!((probabilities[0] + probabilities[2] - (exps[0] + exps[2]) / total).abs() < 1e-12);
     let mean_gap = 0.5 * (sums[0] - sums[1]);
-    assert!((p[2] / p[0] - mean_gap.exp()).abs() < 1e-9 * mean_gap.exp().max(1.0));
+    assert!(
+        (probabilities[2] / probabilities[0] - mean_gap.exp()).abs()
+            < 1e-9 * mean_gap.exp().max(1.0)
+    );
     let top = reranking.top(3);
     assert_eq!(top.len(), 3);
-    assert_eq!(top[0], (expected_order[0], p[expected_order[0]]));
+    assert_eq!(
+        top[0],
+        (expected_order[0], probabilities[expected_order[0]])
+    );
 
     let all = rerank_captions(&model, &image, &captions, &scores, 10, 3).expect("all");
     assert_eq!(all.candidates, vec![2, 0, 3, 1]);
@@ -366,7 +372,7 @@ fn reranking_reorders_the_best_candidates_only() {
 }
 
 #[test]
-fn top_probabilities_are_a_softmax_over_all_scores() {
+fn top_probabilities_are_softmax() {
     let ranked = top_probabilities(&[0.0, 2.0f64.ln(), f64::NEG_INFINITY, 0.0], 3);
     let indices: Vec<usize> = ranked.iter().map(|&(index, _)| index).collect();
     assert_eq!(indices, vec![1, 0, 3]);

@@ -407,6 +407,23 @@ pub fn rerank_captions(
     })
 }
 
+/// Returns the `top` best of `captions` with their probabilities: by `scores` alone when
+/// `rerank` is 0, or else after [`rerank_captions`] of the `rerank` best. The window and
+/// `rank` show this list.
+pub fn best_captions(
+    model: &JetFormer,
+    image: &RgbImage,
+    captions: &[Vec<usize>],
+    scores: &[f64],
+    rerank: usize,
+    top: usize,
+) -> Result<Vec<(usize, f64)>> {
+    if rerank == 0 {
+        return Ok(top_probabilities(scores, top));
+    }
+    Ok(rerank_captions(model, image, captions, scores, rerank, 0)?.top(top))
+}
+
 /// Returns the softmax of `scores`; all zeros when no score is finite.
 fn softmax(scores: &[f64]) -> Vec<f64> {
     let max = scores.iter().copied().fold(f64::NEG_INFINITY, f64::max);
