@@ -404,12 +404,11 @@ fn run_rank(
         );
     }
     let top = top.max(1);
-    let reranked = rerank > 0 && calibrated.is_some();
-    let best = match &calibrated {
+    let (best, reranked) = match &calibrated {
         Some(calibrated) => {
             infer::best_captions(&bundle.model, &image, &ids, calibrated, rerank, top)?
         }
-        None => infer::top_probabilities(&scores, top),
+        None => (infer::top_probabilities(&scores, top), 0),
     };
     let ranked: Vec<(&str, f64, f64)> = best
         .into_iter()
@@ -424,17 +423,16 @@ fn run_rank(
                     "log_prob": log_prob,
                     "probability": probability,
                     "calibrated": calibrated.is_some(),
-                    "reranked": reranked,
+                    "reranked": reranked > 0,
                 })
             })
             .collect();
         println!("{}", serde_json::Value::Array(rows));
     } else {
-        if reranked {
+        if reranked > 0 {
             println!(
-                "ranked by log-prob minus each caption's prior ({PRIORS_FILE}), the best {} \
-                 scored again by the image's likelihood given each",
-                rerank.min(candidates.len())
+                "ranked by log-prob minus each caption's prior ({PRIORS_FILE}), the best \
+                 {reranked} scored again by the image's likelihood given each"
             );
         } else if calibrated.is_some() {
             println!("ranked by log-prob minus each caption's prior ({PRIORS_FILE})");

@@ -536,27 +536,23 @@ pub fn run_eval(bundle: &Bundle, model_dir: &Path, args: &EvalArgs, json: bool) 
             println!("caption ranking           not measured (--limit 0)");
         } else {
             println!(
-                "caption ranking           top-1 {:.1}%  top-5 {:.1}%  ({} images, {} candidates)",
-                100.0 * report.caption_top1,
-                100.0 * report.caption_top5,
+                "caption ranking           {}  ({} images, {} candidates)",
+                top_rates(report.caption_top1, report.caption_top5),
                 report.ranked_images,
                 report.candidates
             );
             println!(
-                "calibrated ranking        top-1 {:.1}%  top-5 {:.1}%  (name priors from {} training images)",
-                100.0 * report.calibrated_top1,
-                100.0 * report.calibrated_top5,
+                "calibrated ranking        {}  (name priors from {} training images)",
+                top_rates(report.calibrated_top1, report.calibrated_top5),
                 report.prior_images
             );
             if report.reranked_candidates > 0 {
                 println!(
-                    "re-ranked ranking         top-1 {:.1}%  top-5 {:.1}%  (best {} names scored by \
-                     the image's likelihood too; by that likelihood alone: top-1 {:.1}%  top-5 {:.1}%)",
-                    100.0 * report.combined_top1,
-                    100.0 * report.combined_top5,
+                    "re-ranked ranking         {}  (best {} names scored by the image's \
+                     likelihood too; by that likelihood alone: {})",
+                    top_rates(report.combined_top1, report.combined_top5),
                     report.reranked_candidates,
-                    100.0 * report.reranked_top1,
-                    100.0 * report.reranked_top5
+                    top_rates(report.reranked_top1, report.reranked_top5)
                 );
             }
             println!(
@@ -568,27 +564,29 @@ pub fn run_eval(bundle: &Bundle, model_dir: &Path, args: &EvalArgs, json: bool) 
             println!("prompt fidelity           not measured (--prompt-limit 0)");
         } else {
             println!(
-                "prompt fidelity           top-1 {:.1}%  top-5 {:.1}%  ({} prompts, guidance {}, temperature {})",
-                100.0 * report.prompt_top1,
-                100.0 * report.prompt_top5,
+                "prompt fidelity           {}  ({} prompts, guidance {}, temperature {})",
+                top_rates(report.prompt_top1, report.prompt_top5),
                 report.prompts,
                 options.guidance,
                 options.scale_temperature
             );
             println!(
-                "  over soft tokens only    top-1 {:.1}%  top-5 {:.1}%",
-                100.0 * report.prompt_soft_top1,
-                100.0 * report.prompt_soft_top5
+                "  over soft tokens only    {}",
+                top_rates(report.prompt_soft_top1, report.prompt_soft_top5)
             );
         }
         println!(
-            "held-out images retrieved top-1 {:.1}%  top-5 {:.1}%  (soft tokens only: {:.1}%, {:.1}%)",
-            100.0 * report.held_out_top1,
-            100.0 * report.held_out_top5,
+            "held-out images retrieved {}  (soft tokens only: {:.1}%, {:.1}%)",
+            top_rates(report.held_out_top1, report.held_out_top5),
             100.0 * report.held_out_soft_top1,
             100.0 * report.held_out_soft_top5
         );
         println!("written to {}", out.display());
     }
     Ok(())
+}
+
+/// Formats top-1 and top-5 rates (fractions) as eval's summary prints them.
+fn top_rates(top1: f64, top5: f64) -> String {
+    format!("top-1 {:.1}%  top-5 {:.1}%", 100.0 * top1, 100.0 * top5)
 }

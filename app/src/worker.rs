@@ -466,10 +466,17 @@ impl WorkerState {
             match priors.and_then(|p| p.calibrate(&info.concepts, &scores)) {
                 Some(adjusted) => {
                     let count = infer::RERANK_CANDIDATES;
+                    let (best, candidates) = infer::best_captions(
+                        model,
+                        &model_view,
+                        &ids,
+                        &adjusted,
+                        count,
+                        TOP_CAPTIONS,
+                    )?;
                     calibrated = true;
-                    reranked = count.min(ids.len());
-                    infer::best_captions(model, &model_view, &ids, &adjusted, count, TOP_CAPTIONS)?
-                        .into_iter()
+                    reranked = candidates;
+                    best.into_iter()
                         .map(|(index, probability)| (info.concepts[index].clone(), probability))
                         .collect()
                 }

@@ -407,9 +407,9 @@ pub fn rerank_captions(
     })
 }
 
-/// Returns the `top` best of `captions` with their probabilities: by `scores` alone when
-/// `rerank` is 0, or else after [`rerank_captions`] of the `rerank` best. The window and
-/// `rank` show this list.
+/// Returns the `top` best of `captions` with their probabilities, and how many captions
+/// were re-ranked: by `scores` alone when `rerank` is 0, or else after [`rerank_captions`]
+/// of the `rerank` best. The window and `rank` show this list.
 pub fn best_captions(
     model: &JetFormer,
     image: &RgbImage,
@@ -417,11 +417,12 @@ pub fn best_captions(
     scores: &[f64],
     rerank: usize,
     top: usize,
-) -> Result<Vec<(usize, f64)>> {
+) -> Result<(Vec<(usize, f64)>, usize)> {
     if rerank == 0 {
-        return Ok(top_probabilities(scores, top));
+        return Ok((top_probabilities(scores, top), 0));
     }
-    Ok(rerank_captions(model, image, captions, scores, rerank, 0)?.top(top))
+    let reranking = rerank_captions(model, image, captions, scores, rerank, 0)?;
+    Ok((reranking.top(top), reranking.candidates.len()))
 }
 
 /// Returns the softmax of `scores`; all zeros when no score is finite.
