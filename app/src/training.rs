@@ -89,7 +89,8 @@ pub struct TrainArgs {
     /// Checkpoints kept.
     #[arg(long, default_value_t = 3)]
     keep_checkpoints: usize,
-    /// Steps between held-out evaluations and sample grids (0: never).
+    /// Steps between held-out evaluations and sample grids, which the last step also gets
+    /// (0: never).
     #[arg(long, default_value_t = 500)]
     eval_every: usize,
     /// Tokenizer vocabulary size (byte-level BPE trained on the captions) [default: 1024].

@@ -235,7 +235,22 @@ fn run_lowers_loss_and_saves_model() {
     let setup = setup();
     let model = JetFormer::new(&setup.config, &Device::flex().autodiff());
     let out = tempdir("decrease");
-    let mut run = start(&setup, model, 60, &out);
+    let data = TrainingData::new(&setup.dataset, &setup.text).expect("data");
+    let mut run = Run::start(
+        model,
+        RunConfig {
+            eval_every: 25,
+            sample_prompts: vec!["red apple".into()],
+            ..settings(60)
+        },
+        setup.text.clone(),
+        data,
+        None,
+        vec!["red apple".into()],
+        &out,
+        &Device::flex(),
+    )
+    .expect("run starts");
     let mut losses = Vec::new();
     let stop = AtomicBool::new(false);
     run.run(&stop, |report| {
@@ -256,6 +271,11 @@ fn run_lowers_loss_and_saves_model() {
     assert_eq!(bundle.model.config, setup.config);
     assert!(out.join("metrics.jsonl").is_file());
     assert!(out.join("concepts.txt").is_file());
+    // Sample grids at every 25th step and at the last step, which is not a multiple of 25.
+    for step in [25, 50, 60] {
+        let grid = out.join(format!("samples/step-{step:07}.png"));
+        assert!(grid.is_file(), "{} is missing", grid.display());
+    }
 }
 
 #[test]

@@ -60,7 +60,8 @@ pub struct RunConfig {
     pub checkpoint_every: usize,
     /// Checkpoints kept on disk (the oldest are removed). Default: 3.
     pub keep_checkpoints: usize,
-    /// Steps between held-out evaluations and sample grids; 0 turns them off. Default: 500.
+    /// Steps between held-out evaluations and sample grids, which the last step also gets.
+    /// 0 turns them off. Default: 500.
     pub eval_every: usize,
     /// Held-out images used by each evaluation (the first ones of the split). Default: 256.
     pub eval_images: usize,
@@ -525,7 +526,8 @@ impl Run {
                 self.log(&serde_json::json!({ "kind": "train", "metrics": metrics }))?;
             }
             report(Report::Step(metrics));
-            if self.settings.eval_every > 0 && step.is_multiple_of(self.settings.eval_every) {
+            let evaluation_due = step.is_multiple_of(self.settings.eval_every) || step == total;
+            if self.settings.eval_every > 0 && evaluation_due {
                 self.evaluate_and_sample(&mut report)?;
             }
             if step.is_multiple_of(self.settings.checkpoint_every) {
