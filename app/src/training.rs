@@ -89,7 +89,7 @@ pub struct TrainArgs {
     /// Checkpoints kept.
     #[arg(long, default_value_t = 3)]
     keep_checkpoints: usize,
-    /// Steps between held-out evaluations and sample grids, which the last step also gets
+    /// Steps between held-out evaluations with sample grids, plus one at the last step
     /// (0: never).
     #[arg(long, default_value_t = 500)]
     eval_every: usize,

@@ -465,13 +465,12 @@ impl WorkerState {
             let priors = info.priors.as_ref();
             match priors.and_then(|p| p.calibrate(&info.concepts, &scores)) {
                 Some(adjusted) => {
-                    let count = infer::RERANK_CANDIDATES;
                     let (best, candidates) = infer::best_captions(
                         model,
                         &model_view,
                         &ids,
                         &adjusted,
-                        count,
+                        infer::RERANK_CANDIDATES,
                         TOP_CAPTIONS,
                     )?;
                     calibrated = true;

@@ -76,10 +76,15 @@ fn settings(total_steps: usize) -> RunConfig {
 }
 
 fn start(setup: &Setup, model: JetFormer, total: usize, out: &Path) -> Run {
+    start_with(setup, model, settings(total), out)
+}
+
+/// Starts a run on the fixture images with `settings`.
+fn start_with(setup: &Setup, model: JetFormer, settings: RunConfig, out: &Path) -> Run {
     let data = TrainingData::new(&setup.dataset, &setup.text).expect("data");
     Run::start(
         model,
-        settings(total),
+        settings,
         setup.text.clone(),
         data,
         None,
@@ -235,22 +240,12 @@ fn run_lowers_loss_and_saves_model() {
     let setup = setup();
     let model = JetFormer::new(&setup.config, &Device::flex().autodiff());
     let out = tempdir("decrease");
-    let data = TrainingData::new(&setup.dataset, &setup.text).expect("data");
-    let mut run = Run::start(
-        model,
-        RunConfig {
-            eval_every: 25,
-            sample_prompts: vec!["red apple".into()],
-            ..settings(60)
-        },
-        setup.text.clone(),
-        data,
-        None,
-        vec!["red apple".into()],
-        &out,
-        &Device::flex(),
-    )
-    .expect("run starts");
+    let settings = RunConfig {
+        eval_every: 25,
+        sample_prompts: vec!["red apple".into()],
+        ..settings(60)
+    };
+    let mut run = start_with(&setup, model, settings, &out);
     let mut losses = Vec::new();
     let stop = AtomicBool::new(false);
     run.run(&stop, |report| {

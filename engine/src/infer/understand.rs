@@ -407,9 +407,9 @@ pub fn rerank_captions(
     })
 }
 
-/// Returns the `top` best of `captions` with their probabilities, and how many captions
-/// were re-ranked: by `scores` alone when `rerank` is 0, or else after [`rerank_captions`]
-/// of the `rerank` best. The window and `rank` show this list.
+/// Returns the `top` best of `captions` with their probabilities, and the count of captions
+/// re-ranked. The list is ordered by `scores` alone when `rerank` is 0, or else after
+/// [`rerank_captions`] of the `rerank` best. The window and `rank` show this list.
 pub fn best_captions(
     model: &JetFormer,
     image: &RgbImage,

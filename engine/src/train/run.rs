@@ -60,8 +60,8 @@ pub struct RunConfig {
     pub checkpoint_every: usize,
     /// Checkpoints kept on disk (the oldest are removed). Default: 3.
     pub keep_checkpoints: usize,
-    /// Steps between held-out evaluations and sample grids, which the last step also gets.
-    /// 0 turns them off. Default: 500.
+    /// Steps between held-out evaluations with sample grids. The last step of a run is
+    /// evaluated too, and 0 turns evaluation off. Default: 500.
     pub eval_every: usize,
     /// Held-out images used by each evaluation (the first ones of the split). Default: 256.
     pub eval_images: usize,
