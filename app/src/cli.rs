@@ -100,6 +100,10 @@ enum Command {
         /// Caption to condition on.
         #[arg(long)]
         caption: Option<String>,
+        /// Draws of dequantization noise per image, combined into a tighter bound on the
+        /// image's bits (each draw costs one more pass).
+        #[arg(long, default_value_t = 1)]
+        draws: usize,
     },
     /// Decode a strip of images between two images through latent space.
     Interpolate {
@@ -210,7 +214,11 @@ pub fn run(cli: Cli) -> Result<()> {
                 cli.json,
             )
         }
-        Command::Bpd { images, caption } => run_bpd(&bundle, &images, caption.as_deref(), cli.json),
+        Command::Bpd {
+            images,
+            caption,
+            draws,
+        } => run_bpd(&bundle, &images, caption.as_deref(), draws, cli.json),
         Command::Interpolate {
             first,
             second,
@@ -445,15 +453,29 @@ fn run_rank(
     Ok(())
 }
 
-fn run_bpd(bundle: &Bundle, paths: &[PathBuf], caption: Option<&str>, json: bool) -> Result<()> {
+fn run_bpd(
+    bundle: &Bundle,
+    paths: &[PathBuf],
+    caption: Option<&str>,
+    draws: usize,
+    json: bool,
+) -> Result<()> {
+    if draws == 0 {
+        bail!("--draws is 0; use 1 or more draws of dequantization noise");
+    }
     let images = load_images(bundle, paths)?;
     let caption_ids = caption.map(|text| bundle.text.encode(text)).transpose()?;
-    let bits = infer::bits_per_dim(
+    let size = bundle.model.config.image.size;
+    let bits: Vec<f64> = infer::bits_per_dim_per_draw(
         &bundle.model,
         &images,
         caption_ids.as_ref().map(|e| e.ids.as_slice()),
         0,
-    )?;
+        draws,
+    )?
+    .iter()
+    .map(|row| infer::bits_over_draws(row, size * size * 3))
+    .collect();
     if json {
         let rows: Vec<_> = paths
             .iter()

@@ -17,7 +17,7 @@ use jetformer_engine::text::{TextCodec, train_tokenizer};
 use jetformer_engine::train::OptimizerConfig;
 use jetformer_engine::train::data::{Dataset, split_dir};
 use jetformer_engine::train::emoji;
-use jetformer_engine::train::eval::{EvalOptions, evaluate};
+use jetformer_engine::train::eval::{DEQUANTIZATION_DRAWS, EvalOptions, evaluate};
 use jetformer_engine::train::run::{METRICS_FILE, NewCycle, Report, Run, RunConfig, TrainingData};
 use jetformer_engine::{ComputeDevice, JetFormer, JetFormerConfig};
 use serde_json::json;
@@ -172,6 +172,13 @@ pub struct EvalArgs {
     /// given each name (0 skips that ranking).
     #[arg(long, default_value_t = EvalOptions::default().rerank)]
     rerank: usize,
+    /// Weight of the image's likelihood against the calibrated score when the best names are
+    /// re-ranked.
+    #[arg(long, default_value_t = EvalOptions::default().image_weight)]
+    image_weight: f64,
+    /// Draws of dequantization noise per held-out image for the bits/dim over draws.
+    #[arg(long, default_value_t = DEQUANTIZATION_DRAWS)]
+    dequantization_draws: usize,
     /// JSON file for the results (default: eval-SPLIT.json in the model folder).
     #[arg(long)]
     out: Option<PathBuf>,
@@ -482,6 +489,8 @@ pub fn run_eval(bundle: &Bundle, model_dir: &Path, args: &EvalArgs, json: bool) 
         guidance: args.guidance.unwrap_or(defaults.guidance),
         scale_temperature: args.temperature.unwrap_or(defaults.scale_temperature),
         rerank: args.rerank,
+        image_weight: args.image_weight,
+        dequantization_draws: args.dequantization_draws,
         ..defaults
     };
     let bar = ProgressBar::new(1);
@@ -533,6 +542,15 @@ pub fn run_eval(bundle: &Bundle, model_dir: &Path, args: &EvalArgs, json: bool) 
             "bits/dim (no caption)     {:.4}",
             report.unconditional_bits_per_dim
         );
+        if let (Some(draws), Some(given), Some(no_caption)) = (
+            report.dequantization_draws,
+            report.bits_per_dim_over_draws,
+            report.unconditional_bits_per_dim_over_draws,
+        ) {
+            println!(
+                "  over {draws} draws of noise   {given:.4} given name, {no_caption:.4} with no caption"
+            );
+        }
         if report.ranked_images == 0 {
             println!("caption ranking           not measured (--limit 0)");
         } else {
@@ -550,9 +568,10 @@ pub fn run_eval(bundle: &Bundle, model_dir: &Path, args: &EvalArgs, json: bool) 
             if report.reranked_candidates > 0 {
                 println!(
                     "re-ranked ranking         {}  (best {} names scored by the image's \
-                     likelihood too; by that likelihood alone: {})",
+                     likelihood too, weight {}; by that likelihood alone: {})",
                     top_rates(report.combined_top1, report.combined_top5),
                     report.reranked_candidates,
+                    options.image_weight,
                     top_rates(report.reranked_top1, report.reranked_top5)
                 );
             }

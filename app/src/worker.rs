@@ -459,8 +459,8 @@ impl WorkerState {
                 .map(|concept| Ok(bundle.text.encode(concept)?.ids))
                 .collect::<Result<Vec<_>>>()?;
             // NOTE: the card shows once every candidate is scored and the best re-ranked.
-            // With the bundled model's 1906 concepts, `jetformer rank` took 1.16 s on a
-            // 2-core CPU without re-ranking and 1.37 s with the best 20 re-ranked.
+            // With the bundled model's 1906 concepts, `jetformer rank` took 1.10 to 1.23 s on a
+            // 2-core CPU without re-ranking and 1.66 s with the best 40 re-ranked.
             let scores = infer::score_captions(model, &model_view, &ids, SCORE_BATCH)?;
             let priors = info.priors.as_ref();
             match priors.and_then(|p| p.calibrate(&info.concepts, &scores)) {

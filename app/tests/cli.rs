@@ -175,6 +175,20 @@ fn every_command_runs() {
     let bits = rows[0]["bits_per_dim"].as_f64().expect("number");
     assert!(bits.is_finite());
     assert!(bits > 0.0);
+    let drawn = fixture.run(&[
+        "--json",
+        "bpd",
+        p(&image0),
+        "--caption",
+        "red square",
+        "--draws",
+        "4",
+    ]);
+    assert!(drawn.status.success(), "{}", text(&drawn.stderr));
+    let rows: serde_json::Value = serde_json::from_slice(&drawn.stdout).expect("json");
+    let drawn_bits = rows[0]["bits_per_dim"].as_f64().expect("number");
+    assert!(drawn_bits.is_finite());
+    assert_ne!(drawn_bits, bits, "more draws of noise change the estimate");
 
     let strip = fixture.path("strip.png");
     let interpolate = fixture.run(&[
@@ -281,6 +295,15 @@ fn bad_inputs_fail_with_a_message() {
         (
             vec!["bpd".into(), p(&fixture.path("wide.png")).into()],
             "decoding limits",
+        ),
+        (
+            vec![
+                "bpd".into(),
+                p(&fixture.path("image0.png")).into(),
+                "--draws".into(),
+                "0".into(),
+            ],
+            "--draws is 0; use 1 or more",
         ),
         (
             vec![

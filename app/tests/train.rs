@@ -177,6 +177,7 @@ fn train_resumes_after_sigkill() {
         .arg(&data)
         .args(["--limit", "3", "--prompt-limit", "2"])
         .args(["--guidance", "1.5", "--temperature", "0.4"])
+        .args(["--dequantization-draws", "3"])
         .output()
         .expect("run eval");
     assert!(output.status.success(), "{}", output_text(&output));
@@ -192,6 +193,14 @@ fn train_resumes_after_sigkill() {
     let bits = report["bits_per_dim"].as_f64().expect("bits/dim");
     assert!(bits.is_finite(), "bits/dim {bits}");
     assert!(bits > 0.0, "bits/dim {bits}");
+    assert_eq!(report["dequantization_draws"], 3);
+    for field in [
+        "bits_per_dim_over_draws",
+        "unconditional_bits_per_dim_over_draws",
+    ] {
+        let drawn = report[field].as_f64().expect(field);
+        assert!(drawn.is_finite() && drawn > 0.0, "{field} {drawn}");
+    }
     assert!(straight.join("eval-test.json").is_file());
     let output = jetformer()
         .arg("--model")

@@ -6,9 +6,9 @@ use burn::tensor::{Device, Distribution, Int, Tensor, TensorData};
 use image::RgbImage;
 use jetformer_engine::image::pixels_pm1_from_u8;
 use jetformer_engine::infer::{
-    self, CancelToken, CaptionOptions, Event, GenerateOptions, Interpolation, bits_per_dim,
-    bits_per_dim_given_captions, caption, generate, image_log_ratios, interpolate, rerank_captions,
-    score_captions, top_probabilities,
+    self, CancelToken, CaptionOptions, Event, GenerateOptions, Interpolation, bits_over_draws,
+    bits_per_dim, bits_per_dim_given_captions, bits_per_dim_per_draw, caption, generate,
+    image_log_ratios, interpolate, rerank_captions, score_captions, top_probabilities,
 };
 use jetformer_engine::loss::{StepNoise, TrainBatch};
 use jetformer_engine::train::{OptimizerConfig, Trainer};
@@ -278,6 +278,43 @@ fn bits_per_dim_is_repeatable_and_finite() {
 }
 
 #[test]
+fn drawn_bits_tighten_the_bound() {
+    let model = random_model();
+    let images = fixture_images(2);
+    let dims = 8 * 8 * 3;
+    let rows = bits_per_dim_per_draw(&model, &images, Some(&[1, 2]), 5, 4).expect("draws");
+    assert_eq!(rows.len(), 2);
+    for draw in 0..4 {
+        let single = bits_per_dim(&model, &images, Some(&[1, 2]), 5 + draw as u64).expect("bpd");
+        for (row, value) in rows.iter().zip(&single) {
+            assert_eq!(
+                row[draw], *value,
+                "draw {draw} is bits_per_dim with seed 5 + {draw}"
+            );
+        }
+    }
+    for row in &rows {
+        assert!(
+            row.windows(2).any(|pair| pair[0] != pair[1]),
+            "the draws differ"
+        );
+        let combined = bits_over_draws(row, dims);
+        let mean = row.iter().sum::<f64>() / row.len() as f64;
+        let lowest = row.iter().copied().fold(f64::INFINITY, f64::min);
+        assert!(
+            combined < mean,
+            "{combined} is not below the mean draw {mean}"
+        );
+        assert!(
+            combined >= lowest,
+            "{combined} is below the best draw {lowest}"
+        );
+    }
+    let error = bits_per_dim_per_draw(&model, &images, None, 5, 0).expect_err("no draws");
+    assert!(error.to_string().contains("use 1 or more"), "{error}");
+}
+
+#[test]
 fn caption_batch_matches_single_calls() {
     let model = random_model();
     let image = fixture_images(3).remove(2);
@@ -331,13 +368,13 @@ fn reranking_reorders_the_best_candidates_only() {
     let captions = fixture_captions();
     // The third and first captions are the best two.
     let scores = [-2.0, -5.0, -1.0, -3.0];
-    let reranking = rerank_captions(&model, &image, &captions, &scores, 2, 3).expect("rerank");
+    let reranking = rerank_captions(&model, &image, &captions, &scores, 2, 0.5, 3).expect("rerank");
     assert_eq!(reranking.candidates, vec![2, 0]);
     let best = [captions[2].clone(), captions[0].clone()];
     let ratios = image_log_ratios(&model, &image, &best, 3).expect("ratios");
     assert_eq!(reranking.image_scores, ratios);
 
-    let sums = [scores[2] + ratios[0], scores[0] + ratios[1]];
+    let sums = [scores[2] + 0.5 * ratios[0], scores[0] + 0.5 * ratios[1]];
     let expected_order = if sums[0] >= sums[1] {
         vec![2, 0, 3, 1]
     } else {
@@ -351,7 +388,8 @@ fn reranking_reorders_the_best_candidates_only() {
     assert!((probabilities[1] - exps[1] / total).abs() < 1e-12);
     assert!((probabilities[3] - exps[3] / total).abs() < 1e-12);
     assert!((probabilities[0] + probabilities[2] - (exps[0] + exps[2]) / total).abs() < 1e-12);
-    let mean_gap = 0.5 * (sums[0] - sums[1]);
+    // The candidates share their total by the weighted mean of their two scores.
+    let mean_gap = (sums[0] - sums[1]) / 1.5;
     assert!(
         (probabilities[2] / probabilities[0] - mean_gap.exp()).abs()
             < 1e-9 * mean_gap.exp().max(1.0)
@@ -363,11 +401,25 @@ fn reranking_reorders_the_best_candidates_only() {
         (expected_order[0], probabilities[expected_order[0]])
     );
 
-    let all = rerank_captions(&model, &image, &captions, &scores, 10, 3).expect("all");
+    let all = rerank_captions(&model, &image, &captions, &scores, 10, 1.0, 3).expect("all");
     assert_eq!(all.candidates, vec![2, 0, 3, 1]);
+    // With no weight on the image side the calibrated order and probabilities stay.
+    let unweighted = rerank_captions(&model, &image, &captions, &scores, 10, 0.0, 3).expect("0");
+    assert_eq!(unweighted.order, vec![2, 0, 3, 1]);
+    for (probability, exp) in unweighted.probabilities.iter().zip(&exps) {
+        assert!((probability - exp / total).abs() < 1e-12);
+    }
+    let error =
+        rerank_captions(&model, &image, &captions, &scores, 2, -1.0, 3).expect_err("negative");
+    assert!(
+        error
+            .to_string()
+            .contains("weight is -1; use a number of 0 or more"),
+        "{error}"
+    );
     let sum: f64 = all.probabilities.iter().sum();
     assert!((sum - 1.0).abs() < 1e-12);
-    let error = rerank_captions(&model, &image, &captions, &scores[..3], 2, 3).expect_err("3");
+    let error = rerank_captions(&model, &image, &captions, &scores[..3], 2, 1.0, 3).expect_err("3");
     assert!(error.to_string().contains("3 scores"), "{error}");
 }
 
