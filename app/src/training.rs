@@ -174,7 +174,7 @@ pub struct EvalArgs {
     rerank: usize,
     /// Weight of the image's likelihood against the calibrated score when the best names are
     /// re-ranked.
-    #[arg(long, default_value_t = EvalOptions::default().image_weight)]
+    #[arg(long, default_value_t = EvalOptions::default().image_weight, allow_negative_numbers = true)]
     image_weight: f64,
     /// Draws of dequantization noise per held-out image for the bits/dim over draws.
     #[arg(long, default_value_t = DEQUANTIZATION_DRAWS)]
@@ -478,6 +478,15 @@ pub fn run_train(args: TrainArgs, device: &ComputeDevice) -> Result<()> {
 }
 
 pub fn run_eval(bundle: &Bundle, model_dir: &Path, args: &EvalArgs, json: bool) -> Result<()> {
+    if args.dequantization_draws == 0 {
+        bail!("--dequantization-draws is 0; use 1 or more draws of dequantization noise");
+    }
+    if !(args.image_weight.is_finite() && args.image_weight >= 0.0) {
+        bail!(
+            "--image-weight is {}; use a number of 0 or more",
+            args.image_weight
+        );
+    }
     let size = bundle.model.config.image.size;
     let train = load_split(&args.data, "train", size)?;
     let test = load_split(&args.data, &args.split, size)?;

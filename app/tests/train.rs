@@ -216,6 +216,33 @@ fn train_resumes_after_sigkill() {
         "{}",
         output_text(&output)
     );
+    for (flag, value, message) in [
+        (
+            "--dequantization-draws",
+            "0",
+            "--dequantization-draws is 0; use 1 or more",
+        ),
+        (
+            "--image-weight",
+            "-0.5",
+            "--image-weight is -0.5; use a number of 0 or more",
+        ),
+    ] {
+        let output = jetformer()
+            .arg("--model")
+            .arg(&straight)
+            .args(["eval", "--data"])
+            .arg(&data)
+            .args([flag, value])
+            .output()
+            .expect("run eval");
+        assert!(!output.status.success(), "{flag} {value} was accepted");
+        assert!(
+            output_text(&output).contains(message),
+            "{}",
+            output_text(&output)
+        );
+    }
 
     // An output folder that does not exist fails before any work, leaving the priors alone.
     let priors = std::fs::read(straight.join("caption-priors.json")).expect("priors");
