@@ -174,7 +174,11 @@ pub struct EvalArgs {
     rerank: usize,
     /// Weight of the image's likelihood against the calibrated score when the best names are
     /// re-ranked.
-    #[arg(long, default_value_t = EvalOptions::default().image_weight, allow_negative_numbers = true)]
+    #[arg(
+        long,
+        default_value_t = EvalOptions::default().image_weight,
+        allow_negative_numbers = true
+    )]
     image_weight: f64,
     /// Draws of dequantization noise per held-out image for the bits/dim over draws.
     #[arg(long, default_value_t = DEQUANTIZATION_DRAWS)]
@@ -557,7 +561,8 @@ pub fn run_eval(bundle: &Bundle, model_dir: &Path, args: &EvalArgs, json: bool) 
             report.unconditional_bits_per_dim_over_draws,
         ) {
             println!(
-                "  over {draws} draws of noise   {given:.4} given name, {no_caption:.4} with no caption"
+                "  over {draws} draws of noise   {given:.4} given name, \
+                 {no_caption:.4} with no caption"
             );
         }
         if report.ranked_images == 0 {
