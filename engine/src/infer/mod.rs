@@ -19,8 +19,8 @@ pub use generate::{GenerateOptions, generate};
 pub use understand::{
     CaptionOptions, IMAGE_SCORE_WEIGHT, Interpolation, RERANK_CANDIDATES, Reranking, best_captions,
     best_first, bits_over_draws, bits_per_dim, bits_per_dim_given_captions, bits_per_dim_per_draw,
-    caption, caption_priors, image_log_ratios, interpolate, log_mean_likelihoods, rerank_captions,
-    score_captions, top_probabilities,
+    caption, caption_priors, check_image_weight, image_log_ratios, interpolate,
+    log_mean_likelihoods, rerank_captions, score_captions, top_probabilities,
 };
 
 /// A flag shared with a running call; setting it stops the call within one token.

@@ -223,20 +223,23 @@ pub fn caption_priors(
 /// Returns, for each of `captions` columns, the log of the mean of `exp(score)` over the rows
 /// of `scores` (one row of log-likelihoods per image). With no rows every value is 0.
 pub fn log_mean_likelihoods(scores: &[Vec<f64>], captions: usize) -> Vec<f64> {
-    let count = scores.len() as f64;
     (0..captions)
         .map(|caption| {
-            let max = scores
-                .iter()
-                .map(|row| row[caption])
-                .fold(f64::NEG_INFINITY, f64::max);
-            if !max.is_finite() {
-                return 0.0;
-            }
-            let sum: f64 = scores.iter().map(|row| (row[caption] - max).exp()).sum();
-            max + (sum / count).ln()
+            let column: Vec<f64> = scores.iter().map(|row| row[caption]).collect();
+            log_mean_exp(&column).unwrap_or(0.0)
         })
         .collect()
+}
+
+/// Returns `log mean exp(values)`, shifted by the largest value so that the exponentials
+/// neither overflow nor underflow, or `None` when no value is finite.
+fn log_mean_exp(values: &[f64]) -> Option<f64> {
+    let max = values.iter().copied().fold(f64::NEG_INFINITY, f64::max);
+    if !max.is_finite() {
+        return None;
+    }
+    let sum: f64 = values.iter().map(|value| (value - max).exp()).sum();
+    Some(max + (sum / values.len() as f64).ln())
 }
 
 fn pad_caption(model: &JetFormer, caption: &[usize]) -> Result<Vec<usize>> {
@@ -317,19 +320,17 @@ pub fn bits_per_dim_per_draw(
 pub fn bits_over_draws(bits: &[f64], dims: usize) -> f64 {
     let scale = dims as f64 * std::f64::consts::LN_2;
     let log_densities: Vec<f64> = bits.iter().map(|bits| -bits * scale).collect();
-    let max = log_densities
-        .iter()
-        .copied()
-        .fold(f64::NEG_INFINITY, f64::max);
-    if !max.is_finite() {
-        return f64::NAN;
+    log_mean_exp(&log_densities).map_or(f64::NAN, |log_mean| -log_mean / scale)
+}
+
+/// Checks a weight of the image side of [`rerank_captions`]: finite and not negative.
+pub fn check_image_weight(weight: f64) -> Result<()> {
+    if weight.is_finite() && weight >= 0.0 {
+        return Ok(());
     }
-    let mean = log_densities
-        .iter()
-        .map(|value| (value - max).exp())
-        .sum::<f64>()
-        / bits.len() as f64;
-    -(max + mean.ln()) / scale
+    Err(Error::Input(format!(
+        "the image score weight is {weight}; use a number of 0 or more"
+    )))
 }
 
 /// Computes the bits per dimension of one image given each of `captions` (text first). All
@@ -440,11 +441,7 @@ pub fn rerank_captions(
             captions.len()
         )));
     }
-    if !(image_weight.is_finite() && image_weight >= 0.0) {
-        return Err(Error::Input(format!(
-            "the image score weight is {image_weight}; use a number of 0 or more"
-        )));
-    }
+    check_image_weight(image_weight)?;
     let mut order = best_first(scores);
     let count = count.min(order.len());
     let candidates = order[..count].to_vec();

@@ -36,8 +36,8 @@ pub struct EvalOptions {
     /// likelihood given each name. With 0 that ranking is skipped.
     #[serde(default)]
     pub rerank: usize,
-    /// Weight of the image side in the re-ranked ranking, [`infer::rerank_captions`]
-    /// (reports written before it was recorded re-ranked with 1).
+    /// Weight of the image side when the best names are re-ranked, [`infer::rerank_captions`].
+    /// Options saved before the field existed read as 1, the equal weights they ran with.
     #[serde(default = "unit_weight")]
     pub image_weight: f64,
     /// Draws of dequantization noise per held-out image for the bits/dim over draws,
@@ -119,8 +119,8 @@ pub struct EvalReport {
     /// each name, [`infer::rerank_captions`] (0: not measured).
     #[serde(default)]
     pub reranked_candidates: usize,
-    /// Weight of the image side in the re-ranked ranking (`None` in reports written before it
-    /// was recorded, which weighted both sides equally).
+    /// Weight of the image side when the best names were re-ranked (`None` in reports written
+    /// before it was recorded, which weighted both sides equally).
     #[serde(default)]
     pub image_weight: Option<f64>,
     /// Top-1 accuracy when those names are ranked by `log p(image | name)` alone, the
@@ -210,12 +210,7 @@ pub fn evaluate(
         ..GenerateOptions::default()
     };
     sampling.validate()?;
-    if !(options.image_weight.is_finite() && options.image_weight >= 0.0) {
-        return Err(Error::Input(format!(
-            "the image score weight is {}; use a number of 0 or more",
-            options.image_weight
-        )));
-    }
+    infer::check_image_weight(options.image_weight)?;
     let batch_size = options.batch_size.max(1);
     let images_of = |examples: &[&Example]| -> Vec<RgbImage> {
         examples
