@@ -130,6 +130,8 @@ enum Command {
     Train(crate::training::TrainArgs),
     /// Evaluate a model on a dataset split and write the results as JSON.
     Eval(crate::training::EvalArgs),
+    /// Write a training checkpoint's weights as a model folder.
+    Export(crate::training::ExportArgs),
     /// Time generation, captioning, bits/dim and the flow on this machine.
     Bench(crate::bench::BenchArgs),
 }
@@ -152,6 +154,7 @@ pub fn run(cli: Cli) -> Result<()> {
     };
     let command = match command {
         Command::Train(args) => return crate::training::run_train(args, &device),
+        Command::Export(args) => return crate::training::run_export(&args, &device, cli.json),
         other => other,
     };
     let model_dir = cli.model.clone().unwrap_or_else(default_model_dir);
@@ -235,7 +238,7 @@ pub fn run(cli: Cli) -> Result<()> {
         }
         Command::Eval(args) => crate::training::run_eval(&bundle, &model_dir, &args, cli.json),
         Command::Bench(args) => crate::bench::run_bench(&bundle, &args, &device, cli.json),
-        Command::Data { .. } | Command::Train(_) => Ok(()),
+        Command::Data { .. } | Command::Train(_) | Command::Export(_) => Ok(()),
     }
 }
 

@@ -1,4 +1,4 @@
-//! Headless `data`, `train` and `eval` commands.
+//! Headless `data`, `train`, `eval` and `export` commands.
 
 #![allow(clippy::print_stdout)]
 
@@ -7,7 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use anyhow::{Context, Result, bail};
-use clap::{Args, Subcommand};
+use clap::{Args, Subcommand, ValueEnum};
 use indicatif::{ProgressBar, ProgressStyle};
 use jetformer_engine::checkpoint::{
     Bundle, PRIORS_FILE, load_bundle, load_weights, weights_bytes, write_atomically,
@@ -18,7 +18,10 @@ use jetformer_engine::train::OptimizerConfig;
 use jetformer_engine::train::data::{Dataset, split_dir};
 use jetformer_engine::train::emoji;
 use jetformer_engine::train::eval::{DEQUANTIZATION_DRAWS, EvalOptions, evaluate};
-use jetformer_engine::train::run::{METRICS_FILE, NewCycle, Report, Run, RunConfig, TrainingData};
+use jetformer_engine::train::run::{
+    CheckpointWeights, METRICS_FILE, NewCycle, Report, Run, RunConfig, TrainingData,
+    export_checkpoint,
+};
 use jetformer_engine::{ComputeDevice, JetFormer, JetFormerConfig};
 use serde_json::json;
 
@@ -186,6 +189,77 @@ pub struct EvalArgs {
     /// JSON file for the results (default: eval-SPLIT.json in the model folder).
     #[arg(long)]
     out: Option<PathBuf>,
+}
+
+/// Weights that `export` writes.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ExportWeights {
+    /// The exponential moving average of the weights, which `train` writes as the model.
+    Ema,
+    /// The weights of the checkpoint's own step.
+    Last,
+}
+
+/// Arguments of `jetformer export`.
+#[derive(Args, Debug)]
+pub struct ExportArgs {
+    /// Run folder that `train` wrote (config.json, tokenizer.json, checkpoints/).
+    pub run: PathBuf,
+    /// Folder for the model; it may be the run folder itself.
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Weights of the checkpoint to write.
+    #[arg(long, value_enum, default_value_t = ExportWeights::Ema)]
+    pub weights: ExportWeights,
+    /// Step of the checkpoint [default: the latest].
+    #[arg(long)]
+    pub step: Option<usize>,
+}
+
+pub fn run_export(args: &ExportArgs, device: &ComputeDevice, json: bool) -> Result<()> {
+    if args.out.exists() && !args.out.is_dir() {
+        bail!(
+            "--out {} is a file; pass a folder for the model",
+            args.out.display()
+        );
+    }
+    let weights = match args.weights {
+        ExportWeights::Ema => CheckpointWeights::Ema,
+        ExportWeights::Last => CheckpointWeights::Last,
+    };
+    let export = export_checkpoint(&args.run, args.step, weights, &args.out, &device.device)
+        .with_context(|| format!("could not export the run in {}", args.run.display()))?;
+    if json {
+        println!(
+            "{}",
+            json!({
+                "checkpoint": export.checkpoint,
+                "step": export.step,
+                "weights": args.weights.to_possible_value().map(|value| value.get_name().to_string()),
+                "out": args.out,
+                "removed_priors": export.removed_priors,
+            })
+        );
+    } else {
+        println!(
+            "wrote the {} weights of step {} ({}) to {}",
+            match args.weights {
+                ExportWeights::Ema => "EMA",
+                ExportWeights::Last => "last",
+            },
+            export.step,
+            export.checkpoint.display(),
+            args.out.display()
+        );
+        if export.removed_priors {
+            println!(
+                "removed {} (computed with other weights); `eval --prior-images N` writes new \
+                 ones",
+                args.out.join(PRIORS_FILE).display()
+            );
+        }
+    }
+    Ok(())
 }
 
 pub fn run_data(source: DataSource, json: bool) -> Result<()> {

@@ -268,6 +268,63 @@ fn train_resumes_after_sigkill() {
         priors
     );
 
+    // `export` writes a checkpoint's weights as a model folder. The EMA weights are the run's
+    // model, so its caption priors stay; other weights remove them.
+    let export = |weights: &str, out: &Path, step: Option<usize>| {
+        let mut command = jetformer();
+        command
+            .args(["--json", "export"])
+            .arg(&straight)
+            .arg("--out")
+            .arg(out)
+            .args(["--weights", weights]);
+        if let Some(step) = step {
+            command.args(["--step", &step.to_string()]);
+        }
+        command.output().expect("run export")
+    };
+    let output = export("ema", &straight, None);
+    assert!(output.status.success(), "{}", output_text(&output));
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON");
+    assert_eq!(report["step"], steps);
+    assert_eq!(report["removed_priors"], false);
+    assert!(straight.join("caption-priors.json").is_file());
+
+    let exported = tempdir("export");
+    let output = export("last", &exported, None);
+    assert!(output.status.success(), "{}", output_text(&output));
+    for file in ["config.json", "tokenizer.json", "concepts.txt"] {
+        assert_eq!(
+            std::fs::read(exported.join(file)).expect("exported file"),
+            std::fs::read(straight.join(file)).expect("run file"),
+            "{file}"
+        );
+    }
+    assert_ne!(weights(&exported).1, weights(&straight).1);
+    let bits = jetformer()
+        .args(["--json", "--model"])
+        .arg(&exported)
+        .arg("bpd")
+        .arg(fixtures().join("red-apple.png"))
+        .output()
+        .expect("run bpd");
+    assert!(bits.status.success(), "{}", output_text(&bits));
+
+    let output = export("last", &straight, None);
+    assert!(output.status.success(), "{}", output_text(&output));
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON");
+    assert_eq!(report["removed_priors"], true);
+    assert!(!straight.join("caption-priors.json").exists());
+    assert_eq!(weights(&straight).1, weights(&exported).1);
+
+    let output = export("ema", &exported, Some(steps + 1));
+    assert!(!output.status.success());
+    assert!(
+        output_text(&output).contains(&format!("no complete checkpoint at step {}", steps + 1)),
+        "{}",
+        output_text(&output)
+    );
+
     // A finished run is extended by a new cycle, and cannot be shortened below its checkpoint.
     let run_settings = || -> serde_json::Value {
         let text = std::fs::read_to_string(straight.join("run.json")).expect("run.json");

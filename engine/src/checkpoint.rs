@@ -92,6 +92,28 @@ pub fn weights_bytes(model: &JetFormer, path: &Path) -> Result<Vec<u8>> {
         .map_err(|error| failed(format!("could not serialize the weights: {error}")))
 }
 
+/// Returns whether two safetensors files contain the same tensors (names, types, shapes and
+/// values), whatever their metadata. A file that does not parse matches nothing.
+pub fn same_tensors(first: &[u8], second: &[u8]) -> bool {
+    let (Ok(first), Ok(second)) = (
+        safetensors::SafeTensors::deserialize(first),
+        safetensors::SafeTensors::deserialize(second),
+    ) else {
+        return false;
+    };
+    let mut first = first.tensors();
+    let mut second = second.tensors();
+    first.sort_by(|a, b| a.0.cmp(&b.0));
+    second.sort_by(|a, b| a.0.cmp(&b.0));
+    first.len() == second.len()
+        && first.iter().zip(&second).all(|((name_a, a), (name_b, b))| {
+            name_a == name_b
+                && a.dtype() == b.dtype()
+                && a.shape() == b.shape()
+                && a.data() == b.data()
+        })
+}
+
 /// Loads the checkpoint in `dir` onto `device`.
 pub fn load(dir: &Path, device: &Device) -> Result<JetFormer> {
     let config = JetFormerConfig::load(&dir.join(CONFIG_FILE))?;

@@ -822,6 +822,107 @@ pub fn latest_checkpoint(out: &Path) -> Result<Option<PathBuf>> {
         .map(|(_, path)| path))
 }
 
+/// Weights of a checkpoint that [`export_checkpoint`] can write as the model.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum CheckpointWeights {
+    /// The exponential moving average, which `train` writes as the run's model.
+    Ema,
+    /// The weights of the checkpoint's step itself.
+    Last,
+}
+
+impl CheckpointWeights {
+    fn file(self) -> &'static str {
+        match self {
+            Self::Ema => "ema.bpk",
+            Self::Last => "model.bpk",
+        }
+    }
+}
+
+/// A model folder written by [`export_checkpoint`].
+#[derive(Clone, Debug, PartialEq)]
+pub struct Export {
+    /// The checkpoint folder the weights came from.
+    pub checkpoint: PathBuf,
+    /// The checkpoint's step.
+    pub step: usize,
+    /// Whether a `caption-priors.json` of other weights was removed from the output folder.
+    pub removed_priors: bool,
+}
+
+/// Writes the `weights` of the run's checkpoint at `step` (the latest when `None`) as a model
+/// folder in `out`: weights, config, tokenizer and concept names.
+///
+/// Caption priors belong to the weights they were averaged with, so a `caption-priors.json`
+/// in `out` is removed unless the weights there hold the same tensors. `eval --prior-images
+/// N` writes new ones.
+pub fn export_checkpoint(
+    run: &Path,
+    step: Option<usize>,
+    weights: CheckpointWeights,
+    out: &Path,
+    device: &Device,
+) -> Result<Export> {
+    let config = JetFormerConfig::load(&run.join(checkpoint::CONFIG_FILE))?;
+    let mut checkpoints = checkpoint_dirs(run)?;
+    checkpoints.sort();
+    let chosen = match step {
+        Some(step) => checkpoints.iter().find(|(found, _)| *found == step),
+        None => checkpoints.last(),
+    };
+    let Some((step, dir)) = chosen.cloned() else {
+        let steps: Vec<String> = checkpoints
+            .iter()
+            .map(|(step, _)| step.to_string())
+            .collect();
+        let available = if steps.is_empty() {
+            "it has none; export a folder that `train` wrote".to_string()
+        } else {
+            format!("its steps are {}; pass one of them", steps.join(", "))
+        };
+        let requested = step.map_or("a checkpoint".to_string(), |step| format!("step {step}"));
+        return Err(Error::Input(format!(
+            "{} has no complete checkpoint at {requested}: {available}",
+            run.join(CHECKPOINTS_DIR).display()
+        )));
+    };
+    let mut model = JetFormer::new(&config, device);
+    load_burnpack(&mut model, &dir.join(weights.file()))?;
+    let text = TextCodec::load(&run.join(checkpoint::TOKENIZER_FILE), config.text.clone())?;
+    let concepts_path = run.join(CONCEPTS_FILE);
+    let concepts = concepts_path
+        .exists()
+        .then(|| read_bytes(&concepts_path))
+        .transpose()?;
+
+    create_dir(out)?;
+    let weights_path = out.join(checkpoint::WEIGHTS_FILE);
+    let bytes = checkpoint::weights_bytes(&model, &weights_path)?;
+    let unchanged =
+        std::fs::read(&weights_path).is_ok_and(|old| checkpoint::same_tensors(&old, &bytes));
+    write_atomically(&weights_path, &bytes)?;
+    config.save(&out.join(checkpoint::CONFIG_FILE))?;
+    text.save(&out.join(checkpoint::TOKENIZER_FILE))?;
+    if let Some(concepts) = concepts {
+        write_atomically(&out.join(CONCEPTS_FILE), &concepts)?;
+    }
+    let priors_path = out.join(checkpoint::PRIORS_FILE);
+    let removed_priors = !unchanged && priors_path.exists();
+    if removed_priors {
+        std::fs::remove_file(&priors_path).map_err(|source| Error::Io {
+            action: "could not remove",
+            path: priors_path.clone(),
+            source,
+        })?;
+    }
+    Ok(Export {
+        checkpoint: dir,
+        step,
+        removed_priors,
+    })
+}
+
 fn burnpack_bytes(model: &JetFormer) -> Result<Vec<u8>> {
     let mut store = BurnpackStore::from_bytes(None);
     let failed =
