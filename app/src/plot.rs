@@ -29,6 +29,7 @@ struct Curves {
     image_bits: Vec<(f64, f64)>,
     text_nats: Vec<(f64, f64)>,
     held_out_bits: Vec<(f64, f64)>,
+    last_weights_bits: Vec<(f64, f64)>,
 }
 
 fn read_curves(metrics: &Path) -> Result<Curves> {
@@ -54,6 +55,9 @@ fn read_curves(metrics: &Path) -> Result<Curves> {
                 let step = value["step"].as_f64().unwrap_or(0.0);
                 if let Some(bits) = value["held_out_bits_per_dim"].as_f64() {
                     curves.held_out_bits.push((step, bits));
+                }
+                if let Some(bits) = value["held_out_bits_per_dim_last_weights"].as_f64() {
+                    curves.last_weights_bits.push((step, bits));
                 }
             }
             _ => {}
@@ -103,7 +107,11 @@ pub fn plot_metrics(metrics: &Path, out: &Path) -> Result<()> {
         let (top, bottom) = root.split_vertically(HEIGHT / 2);
 
         let image_bits = smooth(&curves.image_bits, 5);
-        let (x0, x1, y0, y1) = range(&[&image_bits, &curves.held_out_bits]);
+        let (x0, x1, y0, y1) = range(&[
+            &image_bits,
+            &curves.held_out_bits,
+            &curves.last_weights_bits,
+        ]);
         let mut chart = ChartBuilder::on(&top)
             .caption("image bits per dimension", ("sans-serif", 20))
             .margin(10)
@@ -117,8 +125,13 @@ pub fn plot_metrics(metrics: &Path, out: &Path) -> Result<()> {
             .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], BLUE));
         chart
             .draw_series(LineSeries::new(curves.held_out_bits.clone(), &RED))?
-            .label("held-out")
+            .label("held-out (EMA weights)")
             .legend(|(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], RED));
+        let orange = RGBColor(230, 140, 0);
+        chart
+            .draw_series(LineSeries::new(curves.last_weights_bits.clone(), &orange))?
+            .label("held-out (last weights)")
+            .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], orange));
         chart
             .configure_series_labels()
             .background_style(WHITE.mix(0.8))

@@ -502,6 +502,7 @@ pub fn run_train(args: TrainArgs, device: &ComputeDevice) -> Result<()> {
     );
     let out = args.out.clone();
     let mut held_out_bits = f64::NAN;
+    let mut last_weights_bits = f64::NAN;
     let mut smoothed_rate = 0.0;
     run.run(&stop, |report| match report {
         Report::Started {
@@ -522,8 +523,12 @@ pub fn run_train(args: TrainArgs, device: &ComputeDevice) -> Result<()> {
             };
             bar.set_position(metrics.step as u64);
             bar.set_message(format!(
-                "{smoothed_rate:.1} img/s  image {:.3} bits/dim  text {:.3} nats  held-out {:.3}",
-                metrics.loss.image_bits_per_dim, metrics.loss.text_nats_per_token, held_out_bits
+                "{smoothed_rate:.1} img/s  image {:.3} bits/dim  text {:.3} nats  held-out {:.3} \
+                 (last weights {:.3})",
+                metrics.loss.image_bits_per_dim,
+                metrics.loss.text_nats_per_token,
+                held_out_bits,
+                last_weights_bits
             ));
             if limit.is_some_and(|limit| metrics.step >= limit) {
                 stop.store(true, Ordering::SeqCst);
@@ -531,8 +536,12 @@ pub fn run_train(args: TrainArgs, device: &ComputeDevice) -> Result<()> {
         }
         Report::Evaluated {
             held_out_bits_per_dim,
+            last_weights_bits_per_dim,
             ..
-        } => held_out_bits = held_out_bits_per_dim,
+        } => {
+            held_out_bits = held_out_bits_per_dim;
+            last_weights_bits = last_weights_bits_per_dim;
+        }
         Report::Samples { path } => bar.println(format!("samples: {}", path.display())),
         Report::Checkpoint { step, path } => {
             if let Err(error) =

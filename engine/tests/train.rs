@@ -245,16 +245,49 @@ fn run_lowers_loss_and_saves_model() {
         sample_prompts: vec!["red apple".into()],
         ..settings(60)
     };
-    let mut run = start_with(&setup, model, settings, &out);
+    let data = || TrainingData::new(&setup.dataset, &setup.text).expect("data");
+    let mut run = Run::start(
+        model,
+        settings,
+        setup.text.clone(),
+        data(),
+        Some(data()),
+        vec!["red apple".into()],
+        &out,
+        &Device::flex(),
+    )
+    .expect("run starts");
     let mut losses = Vec::new();
+    let mut evaluations = Vec::new();
     let stop = AtomicBool::new(false);
-    run.run(&stop, |report| {
-        if let Report::Step(metrics) = report {
-            losses.push(metrics.loss.total);
-        }
+    run.run(&stop, |report| match report {
+        Report::Step(metrics) => losses.push(metrics.loss.total),
+        Report::Evaluated {
+            step,
+            held_out_bits_per_dim,
+            last_weights_bits_per_dim,
+        } => evaluations.push((step, held_out_bits_per_dim, last_weights_bits_per_dim)),
+        _ => {}
     })
     .expect("run finishes");
     assert_eq!(losses.len(), 60);
+    // Held-out bits/dim under both the EMA and the last step's weights, which differ.
+    let steps: Vec<usize> = evaluations.iter().map(|row| row.0).collect();
+    assert_eq!(steps, [25, 50, 60]);
+    for &(step, ema, last) in &evaluations {
+        assert!(ema.is_finite(), "step {step}: {ema}");
+        assert!(last.is_finite(), "step {step}: {last}");
+        assert_ne!(ema, last, "step {step}");
+    }
+    let (_, ema, last) = evaluations[2];
+    assert_eq!(run.held_out_bits_per_dim(), Some(ema));
+    assert_eq!(run.last_weights_bits_per_dim(), Some(last));
+    let log = std::fs::read_to_string(out.join("metrics.jsonl")).expect("metrics");
+    let logged = log
+        .lines()
+        .filter(|line| line.contains("held_out_bits_per_dim_last_weights"))
+        .count();
+    assert_eq!(logged, 3);
     let first: f64 = losses[..10].iter().sum::<f64>() / 10.0;
     let last: f64 = losses[50..].iter().sum::<f64>() / 10.0;
     assert!(

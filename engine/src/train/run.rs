@@ -166,8 +166,11 @@ pub enum Report {
     Evaluated {
         /// Steps done.
         step: usize,
-        /// Mean image bits per dimension of the held-out images, given their captions.
+        /// Mean image bits per dimension of the held-out images under the EMA weights, given
+        /// their captions.
         held_out_bits_per_dim: f64,
+        /// The same under the weights of the last step.
+        last_weights_bits_per_dim: f64,
     },
     /// A sample grid was written.
     Samples {
@@ -580,8 +583,18 @@ impl Run {
     /// Mean image bits/dim of the first held-out images under the EMA weights, given their
     /// main captions; `None` without a held-out split.
     pub fn held_out_bits_per_dim(&self) -> Option<f64> {
+        self.held_out_bits_of(&self.ema)
+    }
+
+    /// Returns [`Self::held_out_bits_per_dim`] under the weights of the last step, with the
+    /// same noise. The EMA lags these weights, by more after a new cycle's warmup.
+    pub fn last_weights_bits_per_dim(&self) -> Option<f64> {
+        self.held_out_bits_of(&self.trainer.model.valid())
+    }
+
+    fn held_out_bits_of(&self, model: &JetFormer) -> Option<f64> {
         let held_out = self.held_out.as_ref()?;
-        let config = &self.ema.config;
+        let config = &model.config;
         let count = held_out.len().min(self.settings.eval_images.max(1));
         let mut rng = StdRng::seed_from_u64(mix(self.settings.seed, 0, 4));
         let mut total = 0.0;
@@ -591,7 +604,7 @@ impl Run {
         {
             let batch = held_out.batch_of(config, chunk, &self.device);
             let noise = StepNoise::evaluation(config, chunk.len(), true, &mut rng, &self.device);
-            let summary = self.ema.loss(&batch, &noise).summary();
+            let summary = model.loss(&batch, &noise).summary();
             total += summary.image_bits_per_dim * chunk.len() as f64;
         }
         Some(total / count as f64)
@@ -599,13 +612,18 @@ impl Run {
 
     fn evaluate_and_sample(&mut self, report: &mut impl FnMut(Report)) -> Result<()> {
         let step = self.trainer.step;
-        if let Some(bits) = self.held_out_bits_per_dim() {
+        if let (Some(bits), Some(last_bits)) = (
+            self.held_out_bits_per_dim(),
+            self.last_weights_bits_per_dim(),
+        ) {
             self.log(&serde_json::json!({
-                "kind": "eval", "step": step, "held_out_bits_per_dim": bits
+                "kind": "eval", "step": step, "held_out_bits_per_dim": bits,
+                "held_out_bits_per_dim_last_weights": last_bits
             }))?;
             report(Report::Evaluated {
                 step,
                 held_out_bits_per_dim: bits,
+                last_weights_bits_per_dim: last_bits,
             });
         }
         if !self.settings.sample_prompts.is_empty() {
