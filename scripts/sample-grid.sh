@@ -1,13 +1,14 @@
 #!/usr/bin/env bash
 # Draws the sample grid of the README and the model card: 6 seeds for each of 10 prompts,
 # generated with the default settings and upscaled 2x with crisp pixels.
-# Needs a release build of jetformer and ImageMagick's montage.
+# Needs a release build of jetformer (in $CARGO_TARGET_DIR, target/ or $JETFORMER) and
+# ImageMagick's montage.
 # Usage: scripts/sample-grid.sh [MODEL_DIR] [OUT.png]
 set -euo pipefail
 
 model=${1:-assets/model}
 out=${2:-docs/samples.png}
-jetformer=${JETFORMER:-target/release/jetformer}
+jetformer=${JETFORMER:-${CARGO_TARGET_DIR:-target}/release/jetformer}
 prompts=("grinning face" "cat face" "red heart" "red apple" "pizza" "rocket" "sun"
   "deciduous tree" "fire" "ghost")
 

@@ -48,7 +48,7 @@ enum Command {
         /// Number of images; with more than one, files are numbered FILE-1.png, FILE-2.png, ...
         #[arg(long, default_value_t = 1)]
         count: usize,
-        /// Seed of the draws (the same seed gives the same images).
+        /// Seed of the draws (the same seed and count give the same images).
         #[arg(long, default_value_t = 0)]
         seed: u64,
         /// Multiplies every mixture scale [default: the engine's, 0.3].

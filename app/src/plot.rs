@@ -132,6 +132,17 @@ pub fn plot_metrics(metrics: &Path, out: &Path) -> Result<()> {
             .draw_series(LineSeries::new(curves.last_weights_bits.clone(), &orange))?
             .label("held-out (last weights)")
             .legend(move |(x, y)| PathElement::new(vec![(x, y), (x + 20, y)], orange));
+        // Markers show the evaluations, and a series of one point, which a line cannot.
+        for (points, color) in [
+            (&curves.held_out_bits, RED),
+            (&curves.last_weights_bits, orange),
+        ] {
+            chart.draw_series(
+                points
+                    .iter()
+                    .map(|&point| Circle::new(point, 3, color.filled())),
+            )?;
+        }
         chart
             .configure_series_labels()
             .background_style(WHITE.mix(0.8))

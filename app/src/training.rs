@@ -228,7 +228,13 @@ pub fn run_export(args: &ExportArgs, device: &ComputeDevice, json: bool) -> Resu
         ExportWeights::Last => CheckpointWeights::Last,
     };
     let export = export_checkpoint(&args.run, args.step, weights, &args.out, &device.device)
-        .with_context(|| format!("could not export the run in {}", args.run.display()))?;
+        .with_context(|| {
+            format!(
+                "could not export {} to {}",
+                args.run.display(),
+                args.out.display()
+            )
+        })?;
     if json {
         println!(
             "{}",
@@ -503,6 +509,7 @@ pub fn run_train(args: TrainArgs, device: &ComputeDevice) -> Result<()> {
     let out = args.out.clone();
     let mut held_out_bits = f64::NAN;
     let mut last_weights_bits = f64::NAN;
+    let mut evaluated_step = None;
     let mut smoothed_rate = 0.0;
     run.run(&stop, |report| match report {
         Report::Started {
@@ -522,25 +529,31 @@ pub fn run_train(args: TrainArgs, device: &ComputeDevice) -> Result<()> {
                 0.9 * smoothed_rate + 0.1 * metrics.images_per_second
             };
             bar.set_position(metrics.step as u64);
+            let held_out = if held_out_bits.is_finite() {
+                format!("  held-out {held_out_bits:.3} (last weights {last_weights_bits:.3})")
+            } else {
+                String::new()
+            };
             bar.set_message(format!(
-                "{smoothed_rate:.1} img/s  image {:.3} bits/dim  text {:.3} nats  held-out {:.3} \
-                 (last weights {:.3})",
-                metrics.loss.image_bits_per_dim,
-                metrics.loss.text_nats_per_token,
-                held_out_bits,
-                last_weights_bits
+                "{smoothed_rate:.1} img/s  image {:.3} bits/dim  text {:.3} nats{held_out}",
+                metrics.loss.image_bits_per_dim, metrics.loss.text_nats_per_token,
             ));
             if limit.is_some_and(|limit| metrics.step >= limit) {
                 stop.store(true, Ordering::SeqCst);
             }
         }
         Report::Evaluated {
+            step,
             held_out_bits_per_dim,
             last_weights_bits_per_dim,
-            ..
         } => {
             held_out_bits = held_out_bits_per_dim;
             last_weights_bits = last_weights_bits_per_dim;
+            evaluated_step = Some(step);
+            bar.println(format!(
+                "held-out bits/dim at step {step}: {held_out_bits:.4} with the EMA weights, \
+                 {last_weights_bits:.4} with the last weights"
+            ));
         }
         Report::Samples { path } => bar.println(format!("samples: {}", path.display())),
         Report::Checkpoint { step, path } => {
@@ -561,6 +574,13 @@ pub fn run_train(args: TrainArgs, device: &ComputeDevice) -> Result<()> {
         args.out.display(),
         run.trainer.step
     );
+    // The progress bar and its lines are hidden when the output is not a terminal.
+    if let Some(step) = evaluated_step {
+        println!(
+            "held-out bits/dim at step {step}: {held_out_bits:.4} with the EMA weights, \
+             {last_weights_bits:.4} with the last weights (`export --weights last` writes those)"
+        );
+    }
     Ok(())
 }
 

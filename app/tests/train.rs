@@ -325,6 +325,20 @@ fn train_resumes_after_sigkill() {
         output_text(&output)
     );
 
+    // Another run's folder is rejected and left as it was.
+    let config = std::fs::read(killed.join("config.json")).expect("config");
+    let output = export("last", &killed, None);
+    assert!(!output.status.success());
+    assert!(
+        output_text(&output).contains("holds the checkpoints of another run"),
+        "{}",
+        output_text(&output)
+    );
+    assert_eq!(
+        std::fs::read(killed.join("config.json")).expect("config"),
+        config
+    );
+
     // A finished run is extended by a new cycle, and cannot be shortened below its checkpoint.
     let run_settings = || -> serde_json::Value {
         let text = std::fs::read_to_string(straight.join("run.json")).expect("run.json");

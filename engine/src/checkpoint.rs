@@ -21,31 +21,28 @@ pub const TOKENIZER_FILE: &str = "tokenizer.json";
 pub const PRIORS_FILE: &str = "caption-priors.json";
 
 /// Writes `bytes` to a temporary file beside `path`, flushes it, then renames it over `path`,
-/// so a crash never leaves a partial file where a good one was.
+/// so a crash never leaves a partial file where a good one was. On failure the temporary
+/// file is removed and the error names `path`.
 pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
-    let io_error = |action: &'static str, path: &Path| {
-        let path = path.to_path_buf();
-        move |source| Error::Io {
-            action,
-            path,
-            source,
-        }
-    };
     let file_name = path
         .file_name()
         .map(|name| name.to_string_lossy().into_owned())
         .unwrap_or_default();
     let temporary = path.with_file_name(format!(".{file_name}.{}.partial", std::process::id()));
-    let mut file =
-        std::fs::File::create(&temporary).map_err(io_error("could not create", &temporary))?;
-    file.write_all(bytes)
-        .and_then(|()| file.sync_all())
-        .map_err(io_error("could not write", &temporary))?;
-    drop(file);
-    std::fs::rename(&temporary, path).map_err(|source| {
+    let written = std::fs::File::create(&temporary)
+        .map_err(|source| ("could not create", source))
+        .and_then(|mut file| {
+            file.write_all(bytes)
+                .and_then(|()| file.sync_all())
+                .map_err(|source| ("could not write", source))
+        })
+        .and_then(|()| {
+            std::fs::rename(&temporary, path).map_err(|source| ("could not replace", source))
+        });
+    written.map_err(|(action, source)| {
         let _ = std::fs::remove_file(&temporary);
         Error::Io {
-            action: "could not replace",
+            action,
             path: path.to_path_buf(),
             source,
         }
@@ -231,6 +228,31 @@ impl CaptionPriors {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A failed write names the destination and leaves no temporary file behind.
+    #[test]
+    fn failed_write_leaves_no_partial_file() {
+        let dir = std::env::temp_dir().join(format!("jetformer-atomic-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        // A non-empty folder at the destination makes the final rename fail.
+        let target = dir.join("model.safetensors");
+        std::fs::create_dir_all(target.join("inside")).expect("create folders");
+        let error = write_atomically(&target, b"weights").expect_err("rename over a folder");
+        assert!(error.to_string().contains("model.safetensors"), "{error}");
+        let mut names: Vec<String> = std::fs::read_dir(&dir)
+            .expect("list")
+            .map(|entry| {
+                entry
+                    .expect("entry")
+                    .file_name()
+                    .to_string_lossy()
+                    .into_owned()
+            })
+            .collect();
+        names.sort();
+        assert_eq!(names, ["model.safetensors"]);
+        std::fs::remove_dir_all(&dir).expect("clean up");
+    }
 
     #[test]
     fn priors_calibrate_only_known_captions() {

@@ -35,8 +35,8 @@ pub enum Error {
         source: serde_json::Error,
     },
 
-    /// A checkpoint does not match the model its config describes.
-    #[error("checkpoint {path} does not match its config: {problem}")]
+    /// A weights file that is unreadable or does not match the model its config describes.
+    #[error("could not load the weights in {path}: {problem}")]
     Checkpoint {
         /// The weights file.
         path: PathBuf,

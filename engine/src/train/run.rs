@@ -882,31 +882,70 @@ pub fn export_checkpoint(
     out: &Path,
     device: &Device,
 ) -> Result<Export> {
+    if !run.is_dir() {
+        return Err(Error::Input(format!(
+            "the run folder {} was not found; pass a folder that `train` wrote",
+            run.display()
+        )));
+    }
+    // A model folder beside another run's checkpoints would no longer match them, so that
+    // run could neither resume nor be exported again.
+    let same_folder = |a: &Path, b: &Path| matches!((a.canonicalize(), b.canonicalize()), (Ok(a), Ok(b)) if a == b);
+    if out.join(CHECKPOINTS_DIR).is_dir() && !same_folder(run, out) {
+        return Err(Error::Input(format!(
+            "{} holds the checkpoints of another run, which a different model beside them \
+             would break; pass a new folder or the run folder itself",
+            out.display()
+        )));
+    }
     let config = JetFormerConfig::load(&run.join(checkpoint::CONFIG_FILE))?;
     let mut checkpoints = checkpoint_dirs(run)?;
     checkpoints.sort();
+    let steps: Vec<String> = checkpoints
+        .iter()
+        .map(|(step, _)| step.to_string())
+        .collect();
     let chosen = match step {
         Some(step) => checkpoints.iter().find(|(found, _)| *found == step),
         None => checkpoints.last(),
     };
     let Some((step, dir)) = chosen.cloned() else {
-        let steps: Vec<String> = checkpoints
-            .iter()
-            .map(|(step, _)| step.to_string())
-            .collect();
-        let available = if steps.is_empty() {
-            "it has none; export a folder that `train` wrote".to_string()
-        } else {
-            format!("its steps are {}; pass one of them", steps.join(", "))
-        };
-        let requested = step.map_or("a checkpoint".to_string(), |step| format!("step {step}"));
-        return Err(Error::Input(format!(
-            "{} has no complete checkpoint at {requested}: {available}",
-            run.join(CHECKPOINTS_DIR).display()
-        )));
+        let folder = run.join(CHECKPOINTS_DIR);
+        return Err(Error::Input(match step {
+            None => format!(
+                "{} has no complete checkpoint; export a folder that `train` wrote",
+                folder.display()
+            ),
+            Some(step) if steps.is_empty() => format!(
+                "{} has no complete checkpoint at step {step}, nor any other; export a \
+                 folder that `train` wrote",
+                folder.display()
+            ),
+            Some(step) => format!(
+                "{} has no complete checkpoint at step {step}; its steps are {}, so pass one \
+                 of them to --step",
+                folder.display(),
+                steps.join(", ")
+            ),
+        }));
     };
     let mut model = JetFormer::new(&config, device);
-    load_burnpack(&mut model, &dir.join(weights.file()))?;
+    load_burnpack(&mut model, &dir.join(weights.file())).map_err(|error| {
+        let current = step.to_string();
+        let others: Vec<&str> = steps
+            .iter()
+            .map(String::as_str)
+            .filter(|other| *other != current)
+            .collect();
+        if others.is_empty() {
+            error
+        } else {
+            Error::Input(format!(
+                "{error}; another checkpoint may still be readable: pass --step with one of {}",
+                others.join(", ")
+            ))
+        }
+    })?;
     let text = TextCodec::load(&run.join(checkpoint::TOKENIZER_FILE), config.text.clone())?;
     let concepts_path = run.join(CONCEPTS_FILE);
     let concepts = concepts_path
@@ -919,12 +958,7 @@ pub fn export_checkpoint(
     let bytes = checkpoint::weights_bytes(&model, &weights_path)?;
     let unchanged =
         std::fs::read(&weights_path).is_ok_and(|old| checkpoint::same_tensors(&old, &bytes));
-    write_atomically(&weights_path, &bytes)?;
-    config.save(&out.join(checkpoint::CONFIG_FILE))?;
-    text.save(&out.join(checkpoint::TOKENIZER_FILE))?;
-    if let Some(concepts) = concepts {
-        write_atomically(&out.join(CONCEPTS_FILE), &concepts)?;
-    }
+    // The priors go first, so that a failure below never leaves them beside other weights.
     let priors_path = out.join(checkpoint::PRIORS_FILE);
     let removed_priors = !unchanged && priors_path.exists();
     if removed_priors {
@@ -933,6 +967,12 @@ pub fn export_checkpoint(
             path: priors_path.clone(),
             source,
         })?;
+    }
+    write_atomically(&weights_path, &bytes)?;
+    config.save(&out.join(checkpoint::CONFIG_FILE))?;
+    text.save(&out.join(checkpoint::TOKENIZER_FILE))?;
+    if let Some(concepts) = concepts {
+        write_atomically(&out.join(CONCEPTS_FILE), &concepts)?;
     }
     Ok(Export {
         checkpoint: dir,
