@@ -235,13 +235,17 @@ pub fn run_export(args: &ExportArgs, device: &ComputeDevice, json: bool) -> Resu
                 args.out.display()
             )
         })?;
+    let weights_name = args
+        .weights
+        .to_possible_value()
+        .map(|value| value.get_name().to_string());
     if json {
         println!(
             "{}",
             json!({
                 "checkpoint": export.checkpoint,
                 "step": export.step,
-                "weights": args.weights.to_possible_value().map(|value| value.get_name().to_string()),
+                "weights": weights_name,
                 "out": args.out,
                 "removed_priors": export.removed_priors,
             })

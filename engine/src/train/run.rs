@@ -890,7 +890,10 @@ pub fn export_checkpoint(
     }
     // A model folder beside another run's checkpoints would no longer match them, so that
     // run could neither resume nor be exported again.
-    let same_folder = |a: &Path, b: &Path| matches!((a.canonicalize(), b.canonicalize()), (Ok(a), Ok(b)) if a == b);
+    let same_folder = |a: &Path, b: &Path| match (a.canonicalize(), b.canonicalize()) {
+        (Ok(a), Ok(b)) => a == b,
+        _ => false,
+    };
     if out.join(CHECKPOINTS_DIR).is_dir() && !same_folder(run, out) {
         return Err(Error::Input(format!(
             "{} holds the checkpoints of another run, which a different model beside them \
