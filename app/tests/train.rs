@@ -60,6 +60,20 @@ fn output_text(output: &Output) -> String {
 }
 
 /// Reads the last logged training loss of every step in a run's metrics log.
+/// Checks that a command failed with an error that contains `expected`.
+fn assert_failed_with(output: &Output, expected: &str) {
+    assert!(
+        !output.status.success(),
+        "succeeded: {}",
+        output_text(output)
+    );
+    assert!(
+        output_text(output).contains(expected),
+        "{}",
+        output_text(output)
+    );
+}
+
 fn losses(out: &Path) -> BTreeMap<u64, f64> {
     let text = std::fs::read_to_string(out.join("metrics.jsonl")).expect("metrics log");
     let mut losses = BTreeMap::new();
@@ -211,12 +225,7 @@ fn train_resumes_after_sigkill() {
         .args(["--temperature", "0"])
         .output()
         .expect("run eval");
-    assert!(!output.status.success());
-    assert!(
-        output_text(&output).contains("temperature is 0; use a positive number"),
-        "{}",
-        output_text(&output)
-    );
+    assert_failed_with(&output, "temperature is 0; use a positive number");
     for (flag, value, message) in [
         (
             "--dequantization-draws",
@@ -257,12 +266,7 @@ fn train_resumes_after_sigkill() {
         .arg(&missing)
         .output()
         .expect("run eval");
-    assert!(!output.status.success());
-    assert!(
-        output_text(&output).contains("does not exist; create it first"),
-        "{}",
-        output_text(&output)
-    );
+    assert_failed_with(&output, "does not exist; create it first");
     assert_eq!(
         std::fs::read(straight.join("caption-priors.json")).expect("priors"),
         priors
@@ -318,22 +322,15 @@ fn train_resumes_after_sigkill() {
     assert_eq!(weights(&straight).1, weights(&exported).1);
 
     let output = export("ema", &exported, Some(steps + 1));
-    assert!(!output.status.success());
-    assert!(
-        output_text(&output).contains(&format!("no complete checkpoint at step {}", steps + 1)),
-        "{}",
-        output_text(&output)
+    assert_failed_with(
+        &output,
+        &format!("no complete checkpoint at step {}", steps + 1),
     );
 
     // Another run's folder is rejected and left as it was.
     let config = std::fs::read(killed.join("config.json")).expect("config");
     let output = export("last", &killed, None);
-    assert!(!output.status.success());
-    assert!(
-        output_text(&output).contains("holds the checkpoints of another run"),
-        "{}",
-        output_text(&output)
-    );
+    assert_failed_with(&output, "contains the checkpoints of another run");
     assert_eq!(
         std::fs::read(killed.join("config.json")).expect("config"),
         config
@@ -349,12 +346,7 @@ fn train_resumes_after_sigkill() {
         .arg("--resume")
         .output()
         .expect("run jetformer");
-    assert!(!output.status.success());
-    assert!(
-        output_text(&output).contains(&format!("latest checkpoint is at step {steps}")),
-        "{}",
-        output_text(&output)
-    );
+    assert_failed_with(&output, &format!("latest checkpoint is at step {steps}"));
     assert_eq!(run_settings()["optimizer"]["total_steps"], steps);
     // Without --preset, the resumed run loads the images at its own size.
     let mut args = train_args(&straight, steps + 20);

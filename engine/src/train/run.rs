@@ -169,7 +169,8 @@ pub enum Report {
         /// Mean image bits per dimension of the held-out images under the EMA weights, given
         /// their captions.
         held_out_bits_per_dim: f64,
-        /// The same under the weights of the last step.
+        /// Mean image bits per dimension of the same images, with the same noise, under the
+        /// weights of the last step.
         last_weights_bits_per_dim: f64,
     },
     /// A sample grid was written.
@@ -896,7 +897,7 @@ pub fn export_checkpoint(
     };
     if out.join(CHECKPOINTS_DIR).is_dir() && !same_folder(run, out) {
         return Err(Error::Input(format!(
-            "{} holds the checkpoints of another run, which a different model beside them \
+            "{} contains the checkpoints of another run, which a different model beside them \
              would break; pass a new folder or the run folder itself",
             out.display()
         )));
