@@ -198,6 +198,8 @@ pub enum ExportWeights {
     Ema,
     /// The weights of the checkpoint's own step.
     Last,
+    /// Each weight averaged over both, the EMA's share set by --ema-share.
+    Mix,
 }
 
 /// Arguments of `jetformer export`.
@@ -214,6 +216,9 @@ pub struct ExportArgs {
     /// Step of the checkpoint [default: the latest].
     #[arg(long)]
     pub step: Option<usize>,
+    /// Share of the EMA in `--weights mix`, from 0 (the last weights) to 1 (the EMA).
+    #[arg(long, required_if_eq("weights", "mix"), allow_negative_numbers = true)]
+    pub ema_share: Option<f64>,
 }
 
 pub fn run_export(args: &ExportArgs, device: &ComputeDevice, json: bool) -> Result<()> {
@@ -223,9 +228,18 @@ pub fn run_export(args: &ExportArgs, device: &ComputeDevice, json: bool) -> Resu
             args.out.display()
         );
     }
-    let weights = match args.weights {
-        ExportWeights::Ema => CheckpointWeights::Ema,
-        ExportWeights::Last => CheckpointWeights::Last,
+    let weights = match (args.weights, args.ema_share) {
+        (ExportWeights::Mix, Some(ema_share)) => CheckpointWeights::Mix { ema_share },
+        (ExportWeights::Ema, None) => CheckpointWeights::Ema,
+        (ExportWeights::Last, None) => CheckpointWeights::Last,
+        (weights, Some(ema_share)) => bail!(
+            "--ema-share {ema_share} mixes the two weights, but --weights is {}; pass \
+             --weights mix with it, or leave it out",
+            weights_name(weights)
+        ),
+        (ExportWeights::Mix, None) => {
+            bail!("--weights mix is missing --ema-share; pass a share from 0 to 1")
+        }
     };
     let export = export_checkpoint(&args.run, args.step, weights, &args.out, &device.device)
         .with_context(|| {
@@ -235,17 +249,14 @@ pub fn run_export(args: &ExportArgs, device: &ComputeDevice, json: bool) -> Resu
                 args.out.display()
             )
         })?;
-    let weights_name = args
-        .weights
-        .to_possible_value()
-        .map(|value| value.get_name().to_string());
     if json {
         println!(
             "{}",
             json!({
                 "checkpoint": export.checkpoint,
                 "step": export.step,
-                "weights": weights_name,
+                "weights": weights_name(args.weights),
+                "ema_share": args.ema_share,
                 "out": args.out,
                 "removed_priors": export.removed_priors,
             })
@@ -253,9 +264,10 @@ pub fn run_export(args: &ExportArgs, device: &ComputeDevice, json: bool) -> Resu
     } else {
         println!(
             "wrote the {} weights of step {} ({}) to {}",
-            match args.weights {
-                ExportWeights::Ema => "EMA",
-                ExportWeights::Last => "last",
+            match weights {
+                CheckpointWeights::Ema => "EMA".to_string(),
+                CheckpointWeights::Last => "last".to_string(),
+                CheckpointWeights::Mix { ema_share } => format!("mixed (EMA share {ema_share})"),
             },
             export.step,
             export.checkpoint.display(),
@@ -270,6 +282,13 @@ pub fn run_export(args: &ExportArgs, device: &ComputeDevice, json: bool) -> Resu
         }
     }
     Ok(())
+}
+
+/// Returns the name that `--weights` takes for `weights`.
+fn weights_name(weights: ExportWeights) -> String {
+    weights
+        .to_possible_value()
+        .map_or_else(String::new, |value| value.get_name().to_string())
 }
 
 pub fn run_data(source: DataSource, json: bool) -> Result<()> {

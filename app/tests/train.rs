@@ -327,6 +327,55 @@ fn train_resumes_after_sigkill() {
         &format!("no complete checkpoint at step {}", steps + 1),
     );
 
+    // A mix averages each weight of the EMA and of the last step, weighted by --ema-share.
+    let averaged = tempdir("export-ema");
+    let output = export("ema", &averaged, None);
+    assert!(output.status.success(), "{}", output_text(&output));
+    let mixed = tempdir("export-mix");
+    let export_mix = |share: Option<&str>, weights: &str| {
+        let mut command = jetformer();
+        command
+            .args(["--json", "export"])
+            .arg(&straight)
+            .arg("--out")
+            .arg(&mixed)
+            .args(["--weights", weights]);
+        if let Some(share) = share {
+            command.args(["--ema-share", share]);
+        }
+        command.output().expect("run export")
+    };
+    let output = export_mix(Some("0.25"), "mix");
+    assert!(output.status.success(), "{}", output_text(&output));
+    let report: serde_json::Value = serde_json::from_slice(&output.stdout).expect("JSON");
+    assert_eq!(report["weights"], "mix");
+    assert_eq!(report["ema_share"], 0.25);
+    let floats = |dir: &Path| -> (serde_json::Value, Vec<f32>) {
+        let (header, data) = weights(dir);
+        let values = data
+            .chunks_exact(4)
+            .map(|bytes| f32::from_le_bytes(bytes.try_into().expect("4 bytes")))
+            .collect();
+        (header, values)
+    };
+    let (ema_header, ema) = floats(&averaged);
+    let (last_header, last) = floats(&exported);
+    let (mix_header, mix) = floats(&mixed);
+    assert_eq!(mix_header, ema_header);
+    assert_eq!(mix_header, last_header);
+    assert!(ema.iter().zip(&last).any(|(a, b)| a != b));
+    for ((mix, ema), last) in mix.iter().zip(&ema).zip(&last) {
+        let expected = 0.25 * ema + 0.75 * last;
+        assert!(
+            (mix - expected).abs() <= 1e-6 * (1.0 + expected.abs()),
+            "{mix} against {expected}"
+        );
+    }
+    assert_failed_with(&export_mix(Some("1.5"), "mix"), "outside 0 to 1");
+    assert_failed_with(&export_mix(Some("-0.5"), "mix"), "outside 0 to 1");
+    assert_failed_with(&export_mix(Some("0.5"), "last"), "pass --weights mix");
+    assert_failed_with(&export_mix(None, "mix"), "--ema-share");
+
     // Another run's folder is rejected and left as it was.
     let config = std::fs::read(killed.join("config.json")).expect("config");
     let output = export("last", &killed, None);

@@ -842,19 +842,33 @@ pub fn latest_checkpoint(out: &Path) -> Result<Option<PathBuf>> {
 }
 
 /// Weights of a checkpoint that [`export_checkpoint`] can write as the model.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[derive(Clone, Copy, Debug, PartialEq)]
 pub enum CheckpointWeights {
     /// The exponential moving average, which `train` writes as the run's model.
     Ema,
     /// The weights of the checkpoint's step itself.
     Last,
+    /// `ema_share * EMA + (1 - ema_share) * last`, each weight on its own.
+    Mix {
+        /// Share of the EMA, from 0 (the last weights) to 1 (the EMA).
+        ema_share: f64,
+    },
 }
 
 impl CheckpointWeights {
-    fn file(self) -> &'static str {
+    /// Reads these weights from the checkpoint folder `dir`.
+    fn load(self, config: &JetFormerConfig, dir: &Path, device: &Device) -> Result<JetFormer> {
+        let read = |file: &str| -> Result<JetFormer> {
+            let mut model = JetFormer::new(config, device);
+            load_burnpack(&mut model, &dir.join(file))?;
+            Ok(model)
+        };
         match self {
-            Self::Ema => "ema.bpk",
-            Self::Last => "model.bpk",
+            Self::Ema => read("ema.bpk"),
+            Self::Last => read("model.bpk"),
+            Self::Mix { ema_share } => {
+                Ok(update_ema(read("ema.bpk")?, &read("model.bpk")?, ema_share))
+            }
         }
     }
 }
@@ -883,6 +897,14 @@ pub fn export_checkpoint(
     out: &Path,
     device: &Device,
 ) -> Result<Export> {
+    if let CheckpointWeights::Mix { ema_share } = weights
+        && !(0.0..=1.0).contains(&ema_share)
+    {
+        return Err(Error::Input(format!(
+            "an EMA share of {ema_share} is outside 0 to 1; pass 0 for the last weights, 1 for \
+             the EMA or a share between them"
+        )));
+    }
     if !run.is_dir() {
         return Err(Error::Input(format!(
             "the run folder {} was not found; pass a folder that `train` wrote",
@@ -933,8 +955,7 @@ pub fn export_checkpoint(
             ),
         }));
     };
-    let mut model = JetFormer::new(&config, device);
-    load_burnpack(&mut model, &dir.join(weights.file())).map_err(|error| {
+    let model = weights.load(&config, &dir, device).map_err(|error| {
         let current = step.to_string();
         let others: Vec<&str> = steps
             .iter()
