@@ -198,7 +198,7 @@ pub enum ExportWeights {
     Ema,
     /// The weights of the checkpoint's own step.
     Last,
-    /// Each weight averaged over both, the EMA's share set by --ema-share.
+    /// A weighted mean of both, with the EMA's share set by --ema-share.
     Mix,
 }
 
@@ -233,8 +233,8 @@ pub fn run_export(args: &ExportArgs, device: &ComputeDevice, json: bool) -> Resu
         (ExportWeights::Ema, None) => CheckpointWeights::Ema,
         (ExportWeights::Last, None) => CheckpointWeights::Last,
         (weights, Some(ema_share)) => bail!(
-            "--ema-share {ema_share} mixes the two weights, but --weights is {}; pass \
-             --weights mix with it, or leave it out",
+            "--ema-share {ema_share} applies only to --weights mix, but --weights is {}; pass \
+             --weights mix, or leave out --ema-share",
             weights_name(weights)
         ),
         (ExportWeights::Mix, None) => {

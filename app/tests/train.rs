@@ -274,18 +274,23 @@ fn train_resumes_after_sigkill() {
 
     // `export` writes a checkpoint's weights as a model folder. The EMA weights are the run's
     // model, so its caption priors stay; other weights remove them.
-    let export = |weights: &str, out: &Path, step: Option<usize>| {
-        let mut command = jetformer();
-        command
+    let export_with = |out: &Path, options: &[&str]| {
+        jetformer()
             .args(["--json", "export"])
             .arg(&straight)
             .arg("--out")
             .arg(out)
-            .args(["--weights", weights]);
-        if let Some(step) = step {
-            command.args(["--step", &step.to_string()]);
+            .args(options)
+            .output()
+            .expect("run export")
+    };
+    let export = |weights: &str, out: &Path, step: Option<usize>| {
+        let step = step.map(|step| step.to_string());
+        let mut options = vec!["--weights", weights];
+        if let Some(step) = &step {
+            options.extend(["--step", step.as_str()]);
         }
-        command.output().expect("run export")
+        export_with(out, &options)
     };
     let output = export("ema", &straight, None);
     assert!(output.status.success(), "{}", output_text(&output));
@@ -333,17 +338,11 @@ fn train_resumes_after_sigkill() {
     assert!(output.status.success(), "{}", output_text(&output));
     let mixed = tempdir("export-mix");
     let export_mix = |share: Option<&str>, weights: &str| {
-        let mut command = jetformer();
-        command
-            .args(["--json", "export"])
-            .arg(&straight)
-            .arg("--out")
-            .arg(&mixed)
-            .args(["--weights", weights]);
+        let mut options = vec!["--weights", weights];
         if let Some(share) = share {
-            command.args(["--ema-share", share]);
+            options.extend(["--ema-share", share]);
         }
-        command.output().expect("run export")
+        export_with(&mixed, &options)
     };
     let output = export_mix(Some("0.25"), "mix");
     assert!(output.status.success(), "{}", output_text(&output));

@@ -848,7 +848,7 @@ pub enum CheckpointWeights {
     Ema,
     /// The weights of the checkpoint's step itself.
     Last,
-    /// `ema_share * EMA + (1 - ema_share) * last`, each weight on its own.
+    /// A mix of both: each weight is `ema_share * EMA + (1 - ema_share) * last`.
     Mix {
         /// Share of the EMA, from 0 (the last weights) to 1 (the EMA).
         ema_share: f64,
@@ -866,6 +866,7 @@ impl CheckpointWeights {
         match self {
             Self::Ema => read("ema.bpk"),
             Self::Last => read("model.bpk"),
+            // One EMA update with decay `ema_share` computes exactly this mix.
             Self::Mix { ema_share } => {
                 Ok(update_ema(read("ema.bpk")?, &read("model.bpk")?, ema_share))
             }
@@ -901,8 +902,8 @@ pub fn export_checkpoint(
         && !(0.0..=1.0).contains(&ema_share)
     {
         return Err(Error::Input(format!(
-            "an EMA share of {ema_share} is outside 0 to 1; pass 0 for the last weights, 1 for \
-             the EMA or a share between them"
+            "invalid EMA share {ema_share}: it is outside 0 to 1; pass 0 for the last weights, \
+             1 for the EMA or a share between them"
         )));
     }
     if !run.is_dir() {
