@@ -25,6 +25,9 @@ pub struct BenchArgs {
     /// Guidance weight of the guided timing.
     #[arg(long, default_value_t = 2.0)]
     guidance: f64,
+    /// Candidates of the best-of timing (guided), each sampled and scored.
+    #[arg(long, default_value_t = 8)]
+    candidates: usize,
 }
 
 /// Median of `runs` timings of `work`, after one untimed warm-up.
@@ -53,9 +56,10 @@ pub fn run_bench(
     let model = &bundle.model;
     let prompt = bundle.text.encode(&args.prompt)?.ids;
     let cancel = CancelToken::new();
-    let generate_with = |guidance: f64| -> Result<Duration> {
+    let generate_with = |guidance: f64, candidates: usize| -> Result<Duration> {
         let options = GenerateOptions {
             guidance,
+            candidates,
             ..GenerateOptions::default()
         };
         timed(|| {
@@ -64,11 +68,15 @@ pub fn run_bench(
             Ok(())
         })
     };
-    let unguided = median_time(usize::from(args.runs), || generate_with(0.0))?;
-    let guided = median_time(usize::from(args.runs), || generate_with(args.guidance))?;
+    let unguided = median_time(usize::from(args.runs), || generate_with(0.0, 1))?;
+    let guided = median_time(usize::from(args.runs), || generate_with(args.guidance, 1))?;
+    let best_of = median_time(usize::from(args.runs), || {
+        generate_with(args.guidance, args.candidates)
+    })?;
     let first_preview = median_time(usize::from(args.runs), || {
         let options = GenerateOptions {
             preview_every: 1,
+            candidates: 1,
             ..GenerateOptions::default()
         };
         let started = Instant::now();
@@ -117,6 +125,8 @@ pub fn run_bench(
         "runs": args.runs,
         "seconds_per_image": unguided,
         "seconds_per_image_guided": guided,
+        "candidates": args.candidates,
+        "seconds_per_image_best_of": best_of,
         "seconds_to_first_preview": first_preview,
         "seconds_per_caption": caption,
         "bits_per_dim_images_per_second": 32.0 / bits,
@@ -132,6 +142,10 @@ pub fn run_bench(
         println!(
             "one image, guidance {:<4}      {:.4} s",
             args.guidance, guided
+        );
+        println!(
+            "one image, best of {:<4}       {:.4} s",
+            args.candidates, best_of
         );
         println!("first preview                 {:.4} s", first_preview);
         println!("one caption                   {:.4} s", caption);

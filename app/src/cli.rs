@@ -63,6 +63,10 @@ enum Command {
         /// Classifier-free guidance weight; 0 turns guidance off [default: 2].
         #[arg(long)]
         guidance: Option<f64>,
+        /// Images sampled for each one written; the one that makes the prompt most likely as
+        /// its caption is kept (1 to 64).
+        #[arg(long, default_value_t = infer::CANDIDATES)]
+        candidates: usize,
         /// Output PNG file.
         #[arg(long)]
         out: PathBuf,
@@ -175,6 +179,7 @@ pub fn run(cli: Cli) -> Result<()> {
             mixture_temperature,
             noise_factor,
             guidance,
+            candidates,
             out,
         } => {
             let defaults = GenerateOptions::default();
@@ -185,6 +190,7 @@ pub fn run(cli: Cli) -> Result<()> {
                 mixture_temperature: mixture_temperature.unwrap_or(defaults.mixture_temperature),
                 noise_factor: noise_factor.unwrap_or(defaults.noise_factor),
                 guidance: guidance.unwrap_or(defaults.guidance),
+                candidates,
                 preview_every: 0,
             };
             run_generate(&bundle, &prompt, &options, &out, cli.json)
@@ -312,7 +318,7 @@ fn run_generate(
         preview_every: 1,
         ..options.clone()
     };
-    let images = infer::generate(
+    let scored_images = infer::generate_scored(
         &bundle.model,
         &encoded.ids,
         &sampling,
@@ -326,16 +332,31 @@ fn run_generate(
     .context("generation was cancelled")?;
     progress.finish_and_clear();
     let mut written = Vec::new();
-    for (index, image) in images.iter().enumerate() {
-        let path = numbered(out, index, images.len());
+    for (index, (image, _)) in scored_images.iter().enumerate() {
+        let path = numbered(out, index, scored_images.len());
         save_png(image, &path)?;
         written.push(path.display().to_string());
     }
+    let scores: Vec<Option<f64>> = scored_images.iter().map(|(_, score)| *score).collect();
     if json {
-        println!("{}", json!({ "prompt": prompt, "files": written }));
+        println!(
+            "{}",
+            json!({
+                "prompt": prompt,
+                "files": written,
+                "candidates": options.candidates,
+                "prompt_log_likelihoods": scores,
+            })
+        );
     } else {
-        for path in written {
-            println!("{path}");
+        for (path, score) in written.iter().zip(scores) {
+            match score {
+                Some(score) => println!(
+                    "{path}  (best of {}; log p(prompt | image) = {score:.2} nats)",
+                    options.candidates
+                ),
+                None => println!("{path}"),
+            }
         }
     }
     Ok(())

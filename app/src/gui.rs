@@ -455,6 +455,7 @@ impl JetformerApp {
         self.settings.guidance = options.guidance;
         self.settings.seed = options.seed;
         self.settings.count = options.count;
+        self.settings.candidates = options.candidates;
         self.settings.random_seed = false;
         let image = entry.image.clone();
         let patch = self.patch_size();

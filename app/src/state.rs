@@ -12,6 +12,9 @@ pub const SETTINGS_KEY: &str = "jetformer-settings";
 /// Largest number of images one Generate press samples.
 pub const MAX_COUNT: usize = 8;
 
+/// Largest number of candidates sampled for each image the window shows.
+pub const MAX_WINDOW_CANDIDATES: usize = 16;
+
 /// Upscale factors offered when saving a PNG.
 pub const SAVE_SCALES: [u32; 4] = [1, 4, 8, 16];
 
@@ -35,6 +38,9 @@ pub struct Settings {
     pub random_seed: bool,
     /// Images per generation, 1 to [`MAX_COUNT`]. Default: 1.
     pub count: usize,
+    /// Images sampled for each one shown, of which the one that makes the prompt most likely
+    /// as its caption is kept, 1 to [`MAX_WINDOW_CANDIDATES`]. Default: the engine's.
+    pub candidates: usize,
     /// Upscale factor of saved PNGs, one of [`SAVE_SCALES`]. Default: 8.
     pub save_scale: u32,
     /// Images in an exported interpolation strip, both ends included. Default: 8.
@@ -55,6 +61,7 @@ impl Default for Settings {
             seed: engine.seed,
             random_seed: true,
             count: engine.count,
+            candidates: engine.candidates,
             save_scale: 8,
             strip_steps: 8,
             model_dir: None,
@@ -98,6 +105,7 @@ impl Settings {
         self.noise_factor = non_negative(self.noise_factor, defaults.noise_factor);
         self.guidance = non_negative(self.guidance, defaults.guidance);
         self.count = self.count.clamp(1, MAX_COUNT);
+        self.candidates = self.candidates.clamp(1, MAX_WINDOW_CANDIDATES);
         if !SAVE_SCALES.contains(&self.save_scale) {
             self.save_scale = defaults.save_scale;
         }
@@ -114,6 +122,7 @@ impl Settings {
             mixture_temperature: self.mixture_temperature,
             noise_factor: self.noise_factor,
             guidance: self.guidance,
+            candidates: self.candidates,
             preview_every: 0,
         }
     }
@@ -131,6 +140,7 @@ mod tests {
         assert_eq!(settings.guidance, 2.5);
         assert_eq!(settings.temperature, Settings::default().temperature);
         assert_eq!(settings.count, Settings::default().count);
+        assert_eq!(settings.candidates, Settings::default().candidates);
     }
 
     #[test]
@@ -140,6 +150,7 @@ mod tests {
             mixture_temperature: f64::NAN,
             noise_factor: -0.5,
             count: 0,
+            candidates: 100,
             save_scale: 3,
             strip_steps: 1000,
             ..Settings::default()
@@ -150,6 +161,7 @@ mod tests {
         assert_eq!(settings.mixture_temperature, defaults.mixture_temperature);
         assert_eq!(settings.noise_factor, defaults.noise_factor);
         assert_eq!(settings.count, 1);
+        assert_eq!(settings.candidates, MAX_WINDOW_CANDIDATES);
         assert_eq!(settings.save_scale, defaults.save_scale);
         assert_eq!(settings.strip_steps, 32);
     }
@@ -161,6 +173,7 @@ mod tests {
             seed: 42,
             random_seed: false,
             count: 3,
+            candidates: 4,
             model_dir: Some(PathBuf::from("/models/frog")),
             ..Settings::default()
         };

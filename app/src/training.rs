@@ -171,6 +171,10 @@ pub struct EvalArgs {
     /// Scale temperature of the prompt fidelity generations [default: that of `generate`].
     #[arg(long)]
     temperature: Option<f64>,
+    /// Images sampled per prompt fidelity prompt; the one that makes the prompt most likely
+    /// as its caption is kept [default: that of `generate`].
+    #[arg(long)]
+    prompt_candidates: Option<usize>,
     /// Count of the calibrated ranking's best names ranked again by the image's likelihood
     /// given each name (0 skips that ranking).
     #[arg(long, default_value_t = EvalOptions::default().rerank)]
@@ -630,6 +634,7 @@ pub fn run_eval(bundle: &Bundle, model_dir: &Path, args: &EvalArgs, json: bool) 
         rerank: args.rerank,
         image_weight: args.image_weight,
         dequantization_draws: args.dequantization_draws,
+        prompt_candidates: args.prompt_candidates.unwrap_or(defaults.prompt_candidates),
         ..defaults
     };
     let bar = ProgressBar::new(1);
@@ -724,11 +729,13 @@ pub fn run_eval(bundle: &Bundle, model_dir: &Path, args: &EvalArgs, json: bool) 
             println!("prompt fidelity           not measured (--prompt-limit 0)");
         } else {
             println!(
-                "prompt fidelity           {}  ({} prompts, guidance {}, temperature {})",
+                "prompt fidelity           {}  ({} prompts, guidance {}, temperature {}, \
+                 best of {})",
                 top_rates(report.prompt_top1, report.prompt_top5),
                 report.prompts,
                 options.guidance,
-                options.scale_temperature
+                options.scale_temperature,
+                options.prompt_candidates
             );
             println!(
                 "  over soft tokens only    {}",

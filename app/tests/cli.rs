@@ -96,6 +96,26 @@ fn every_command_runs() {
     assert!(fixture.path("many-1.png").exists());
     assert!(fixture.path("many-2.png").exists());
 
+    let best = fixture.run(&[
+        "--json",
+        "generate",
+        "--prompt",
+        "blue",
+        "--candidates",
+        "3",
+        "--out",
+        p(&fixture.path("best.png")),
+    ]);
+    assert!(best.status.success(), "{}", text(&best.stderr));
+    let report: serde_json::Value = serde_json::from_slice(&best.stdout).expect("json");
+    assert_eq!(report["candidates"], 3);
+    let scores = report["prompt_log_likelihoods"].as_array().expect("scores");
+    assert_eq!(scores.len(), 1);
+    assert!(
+        scores[0].as_f64().is_some_and(|score| score < 0.0),
+        "{report}"
+    );
+
     let image0 = fixture.path("image0.png");
     let image1 = fixture.path("image1.png");
     let caption = fixture.run(&["--json", "caption", p(&image0), p(&image1)]);
@@ -356,6 +376,18 @@ fn bad_inputs_fail_with_a_message() {
                 p(&out).into(),
             ],
             "temperature",
+        ),
+        (
+            vec![
+                "generate".into(),
+                "--prompt".into(),
+                "red".into(),
+                "--candidates".into(),
+                "0".into(),
+                "--out".into(),
+                p(&out).into(),
+            ],
+            "candidates is 0; use 1 to 64",
         ),
         (
             vec![

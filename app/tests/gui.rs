@@ -158,14 +158,22 @@ fn generate_shows_progress_and_gallery() {
     assert!(entries >= 2, "the gallery shows no entry for the prompt");
     assert!(harness.query_by_label("generated image").is_some());
 
-    // Enter in the prompt box generates again.
+    // Enter in the prompt box generates again, here the best of 3 candidates: the gallery
+    // gains one image, not three.
+    harness
+        .get_by_role_and_label(Role::Slider, "Best of")
+        .set_value_accesskit(3.0);
+    harness.step();
+    assert_eq!(app(&harness).settings().candidates, 3);
     harness
         .get_by_role_and_label(Role::TextInput, "Prompt")
         .focus();
     harness.key_press(egui::Key::Enter);
     step_until(&mut harness, "the second entry", |app| {
-        app.gallery_len() == 2
+        !app.is_generating() && app.gallery_len() >= 2
     });
+    assert_eq!(app(&harness).gallery_len(), 2);
+    assert_eq!(app(&harness).last_error(), None);
 }
 
 #[test]

@@ -19,6 +19,7 @@ fn generation(c: &mut Criterion) {
     for guidance in [0.0, 2.0] {
         let options = GenerateOptions {
             guidance,
+            candidates: 1,
             ..GenerateOptions::default()
         };
         group.bench_function(format!("one image, guidance {guidance}"), |b| {
@@ -27,6 +28,7 @@ fn generation(c: &mut Criterion) {
     }
     let preview = GenerateOptions {
         preview_every: 1,
+        candidates: 1,
         ..GenerateOptions::default()
     };
     group.bench_function("first preview", |b| {

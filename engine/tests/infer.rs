@@ -32,6 +32,7 @@ fn options(seed: u64) -> GenerateOptions {
     GenerateOptions {
         seed,
         count: 2,
+        candidates: 1,
         preview_every: 4,
         ..GenerateOptions::default()
     }
@@ -176,6 +177,85 @@ fn bad_generate_options_are_errors() {
         )
         .is_err()
     );
+}
+
+#[test]
+fn best_of_keeps_highest_prompt_score() {
+    let model = random_model();
+    let prompt = [1, 2, 3];
+    let candidates = 5;
+    let single = options(9);
+    let all = run(
+        &model,
+        &GenerateOptions {
+            count: single.count * candidates,
+            ..single.clone()
+        },
+    )
+    .1
+    .expect("finished");
+    let ranked = GenerateOptions {
+        candidates,
+        ..single.clone()
+    };
+    let mut events = Vec::new();
+    let scored_images =
+        infer::generate_scored(&model, &prompt, &ranked, &CancelToken::new(), |e| {
+            events.push(e)
+        })
+        .expect("generate")
+        .expect("finished");
+    assert_eq!(scored_images.len(), single.count);
+    for (group, (image, score)) in all.chunks(candidates).zip(&scored_images) {
+        let scores: Vec<f64> = group
+            .iter()
+            .map(|candidate| score_captions(&model, candidate, &[prompt.to_vec()], 1).unwrap()[0])
+            .collect();
+        let best = infer::best_first(&scores)[0];
+        assert_eq!(image, &group[best]);
+        assert_eq!(*score, Some(scores[best]));
+    }
+    // Previews cover every candidate; the final event carries only the images kept.
+    assert!(matches!(events[0], Event::Started { count: 10, .. }));
+    assert!(
+        events
+            .iter()
+            .any(|e| matches!(e, Event::Preview { images, .. } if images.len() == 10))
+    );
+    let Some(Event::Finished { images }) = events.last() else {
+        panic!("no final event: {events:?}");
+    };
+    let returned: Vec<RgbImage> = scored_images.into_iter().map(|(image, _)| image).collect();
+    assert_eq!(images, &returned);
+
+    // One candidate, or an empty prompt, samples and scores nothing more.
+    let plain = run(&model, &single).1.expect("finished");
+    let one = infer::generate_scored(&model, &prompt, &single, &CancelToken::new(), |_| {})
+        .expect("generate")
+        .expect("finished");
+    assert!(one.iter().all(|(_, score)| score.is_none()));
+    assert_eq!(one.into_iter().map(|(i, _)| i).collect::<Vec<_>>(), plain);
+    let mut started = None;
+    generate(&model, &[], &ranked, &CancelToken::new(), |e| {
+        if let Event::Started { count, .. } = e {
+            started = Some(count);
+        }
+    })
+    .expect("generate");
+    assert_eq!(started, Some(single.count));
+
+    for bad in [0, infer::MAX_CANDIDATES + 1] {
+        let options = GenerateOptions {
+            candidates: bad,
+            ..single.clone()
+        };
+        let result = generate(&model, &prompt, &options, &CancelToken::new(), |_| {});
+        let message = result.expect_err("out of range").to_string();
+        assert!(
+            message.contains(&format!("candidates is {bad}")),
+            "{message}"
+        );
+    }
 }
 
 fn fixture_images(count: usize) -> Vec<RgbImage> {

@@ -190,8 +190,8 @@ fn settings_text(entry: &GalleryEntry) -> String {
     let options = &entry.options;
     format!(
         "{}\nseed {} (image {} of {}), temperature {:.2}, mixture temperature {:.2}, \
-         noise factor {:.2}, guidance {:.1}\n{:.2} s for the batch\nClick to restore these \
-         settings",
+         noise factor {:.2}, guidance {:.1}, best of {}\n{:.2} s for the batch\nClick to \
+         restore these settings",
         entry.prompt,
         options.seed,
         entry.index + 1,
@@ -200,6 +200,7 @@ fn settings_text(entry: &GalleryEntry) -> String {
         options.mixture_temperature,
         options.noise_factor,
         options.guidance,
+        options.candidates,
         entry.elapsed_secs
     )
 }

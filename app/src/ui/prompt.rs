@@ -1,8 +1,9 @@
-//! The prompt panel: prompt box, Generate / Cancel, sampling sliders, seed and image count.
+//! The prompt panel: prompt box, Generate / Cancel, image count, candidates per image,
+//! sampling sliders and seed.
 
 use eframe::egui::{self, Key};
 
-use crate::state::{MAX_COUNT, Settings};
+use crate::state::{MAX_COUNT, MAX_WINDOW_CANDIDATES, Settings};
 
 /// Requests from the prompt panel to the window.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -55,6 +56,11 @@ pub fn show(
         }
         ui.add(egui::Slider::new(&mut settings.count, 1..=MAX_COUNT).text("images"));
     });
+    ui.add(egui::Slider::new(&mut settings.candidates, 1..=MAX_WINDOW_CANDIDATES).text("Best of"))
+        .on_hover_text(
+            "Samples this many images for each one shown and keeps the one the model itself \
+         captions closest to the prompt",
+        );
 
     ui.separator();
     sliders(ui, settings);

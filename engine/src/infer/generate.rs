@@ -8,6 +8,7 @@ use rand::{Rng, SeedableRng};
 use rand_distr::StandardNormal;
 
 use super::sample::{MixtureRow, sample_guided, sample_unguided};
+use super::understand::score_captions;
 use super::{CancelToken, Event, decode, download, model_device, upload};
 use crate::error::{Error, Result};
 use crate::model::JetFormer;
@@ -28,9 +29,21 @@ pub struct GenerateOptions {
     pub noise_factor: f64,
     /// Classifier-free guidance weight; 0 turns guidance off. Default: 2.
     pub guidance: f64,
+    /// Images sampled for each one returned, of which the one that makes the prompt most
+    /// likely as its caption is kept, 1 to [`MAX_CANDIDATES`]. Default: [`CANDIDATES`].
+    pub candidates: usize,
     /// Emit a preview every this many tokens; 0 emits none. Default: 0.
     pub preview_every: usize,
 }
+
+/// Largest number of candidates sampled for each returned image.
+pub const MAX_CANDIDATES: usize = 64;
+
+/// Candidates sampled for each returned image by default. On the bundled emoji model, with
+/// 1, 8 and 32 candidates, the prompted concept was among the five training images nearest
+/// to the kept image for 3.3%, 8.0% and 12.0% of the first 150 held-out concepts. Eight
+/// took 0.33 s per image on two CPU cores, against 0.05 s for one guided image.
+pub const CANDIDATES: usize = 8;
 
 /// The defaults favour clean images from small models over variety. On the bundled emoji
 /// model, temperature 0.3 gave cleaner shapes than 0.5 or 0.7, and guidance 2 to 6 gave
@@ -45,6 +58,7 @@ impl Default for GenerateOptions {
             mixture_temperature: 1.0,
             noise_factor: 0.0,
             guidance: 2.0,
+            candidates: CANDIDATES,
             preview_every: 0,
         }
     }
@@ -57,6 +71,12 @@ impl GenerateOptions {
             return Err(Error::Input(
                 "count is 0; request at least one image".into(),
             ));
+        }
+        if self.candidates == 0 || self.candidates > MAX_CANDIDATES {
+            return Err(Error::Input(format!(
+                "candidates is {}; use 1 to {MAX_CANDIDATES}",
+                self.candidates
+            )));
         }
         let positive = [
             ("temperature", self.scale_temperature),
@@ -88,19 +108,94 @@ impl GenerateOptions {
 ///
 /// Returns `Ok(None)` when cancelled. Previews decode the tokens sampled so far with zeros for
 /// the rest, and with the same factored-dim noise as the final image, so they converge to it:
-/// the last preview (after all tokens) equals the final image.
+/// the last preview (after all tokens) equals the final image. With more than one candidate,
+/// see [`generate_scored`].
 pub fn generate(
     model: &JetFormer,
     prompt: &[usize],
     options: &GenerateOptions,
     cancel: &CancelToken,
+    on_event: impl FnMut(Event),
+) -> Result<Option<Vec<RgbImage>>> {
+    let scored = generate_scored(model, prompt, options, cancel, on_event)?;
+    Ok(scored.map(|scored| scored.into_iter().map(|(image, _)| image).collect()))
+}
+
+/// [`generate`], returning with each image its score when candidates were ranked.
+///
+/// With `options.candidates` above 1, the call samples that many images for each of the
+/// `options.count` requested and keeps from each group the one that makes the prompt most
+/// likely as its caption, `log p(prompt, EOS | image)` in nats under the same model
+/// ([`score_captions`]). For one prompt this orders the images as the pointwise mutual
+/// information `log p(image | prompt) - log p(image)` does, since the prompt's own prior is
+/// the same for all of them: it keeps the image most specific to the prompt, not the most
+/// likely image. `Started` and the previews cover every candidate, `Finished` the kept
+/// images only. An empty prompt gives nothing to rank by, so its candidates are not
+/// sampled and its images have no score.
+pub fn generate_scored(
+    model: &JetFormer,
+    prompt: &[usize],
+    options: &GenerateOptions,
+    cancel: &CancelToken,
+    mut on_event: impl FnMut(Event),
+) -> Result<Option<Vec<(RgbImage, Option<f64>)>>> {
+    options.validate()?;
+    let group = if prompt.is_empty() {
+        1
+    } else {
+        options.candidates
+    };
+    let total = options.count.checked_mul(group).ok_or_else(|| {
+        Error::Input(format!(
+            "{} images of {group} candidates each is too many; request fewer",
+            options.count
+        ))
+    })?;
+    let Some(images) = sample(model, prompt, options, total, cancel, &mut on_event)? else {
+        return Ok(None);
+    };
+    let scored_images: Vec<(RgbImage, Option<f64>)> = if group == 1 {
+        images.into_iter().map(|image| (image, None)).collect()
+    } else {
+        let caption = [prompt.to_vec()];
+        let mut scored_images = Vec::with_capacity(options.count);
+        for candidates in images.chunks(group) {
+            let mut best: Option<(&RgbImage, f64)> = None;
+            for image in candidates {
+                if cancel.is_cancelled() {
+                    on_event(Event::Cancelled);
+                    return Ok(None);
+                }
+                let score = score_captions(model, image, &caption, 1)?[0];
+                if best.is_none_or(|(_, best_score)| score > best_score) {
+                    best = Some((image, score));
+                }
+            }
+            scored_images.extend(best.map(|(image, score)| (image.clone(), Some(score))));
+        }
+        scored_images
+    };
+    on_event(Event::Finished {
+        images: scored_images
+            .iter()
+            .map(|(image, _)| image.clone())
+            .collect(),
+    });
+    Ok(Some(scored_images))
+}
+
+/// Samples `count` images for a tokenized prompt, the candidates of [`generate_scored`].
+fn sample(
+    model: &JetFormer,
+    prompt: &[usize],
+    options: &GenerateOptions,
+    count: usize,
+    cancel: &CancelToken,
     mut on_event: impl FnMut(Event),
 ) -> Result<Option<Vec<RgbImage>>> {
-    options.validate()?;
     let config = &model.config;
     let text_ids = padded_prompt(model, prompt)?;
     let device = model_device(model);
-    let count = options.count;
     let guided = options.guidance > 0.0;
     let rows = if guided { 2 * count } else { count };
     let (text_len, num_tokens) = (config.text.max_len, config.num_tokens());
@@ -179,11 +274,7 @@ pub fn generate(
             });
         }
     }
-    let images = decode(model, latents(&soft));
-    on_event(Event::Finished {
-        images: images.clone(),
-    });
-    Ok(Some(images))
+    Ok(Some(decode(model, latents(&soft))))
 }
 
 /// Pads a prompt with EOS to the model's text length, checking every id.

@@ -15,7 +15,7 @@ use crate::error::{Error, Result};
 use crate::image::{patchify, pixels_pm1_from_u8, pixels_u8_from_pm1, unpatchify};
 use crate::model::JetFormer;
 
-pub use generate::{GenerateOptions, generate};
+pub use generate::{CANDIDATES, GenerateOptions, MAX_CANDIDATES, generate, generate_scored};
 pub use understand::{
     CaptionOptions, IMAGE_SCORE_WEIGHT, Interpolation, RERANK_CANDIDATES, Reranking, best_captions,
     best_first, bits_over_draws, bits_per_dim, bits_per_dim_given_captions, bits_per_dim_per_draw,

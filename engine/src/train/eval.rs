@@ -44,6 +44,15 @@ pub struct EvalOptions {
     /// [`infer::bits_over_draws`].
     #[serde(default = "one_draw")]
     pub dequantization_draws: usize,
+    /// Images sampled per prompt fidelity prompt, of which the one that makes the prompt most
+    /// likely as its caption is kept, [`GenerateOptions::candidates`]. Options saved before
+    /// the field existed read as 1, a single image per prompt.
+    #[serde(default = "one_candidate")]
+    pub prompt_candidates: usize,
+}
+
+fn one_candidate() -> usize {
+    1
 }
 
 fn one_draw() -> usize {
@@ -72,6 +81,7 @@ impl Default for EvalOptions {
             rerank: infer::RERANK_CANDIDATES,
             image_weight: infer::IMAGE_SCORE_WEIGHT,
             dequantization_draws: DEQUANTIZATION_DRAWS,
+            prompt_candidates: sampling.candidates,
         }
     }
 }
@@ -154,6 +164,10 @@ pub struct EvalReport {
     /// Scale temperature of those generations.
     #[serde(default)]
     pub prompt_temperature: Option<f64>,
+    /// Images sampled per prompt, of which the one the model captions closest to the prompt
+    /// was kept. Reports written before it was recorded read `None`: one image per prompt.
+    #[serde(default)]
+    pub prompt_candidates: Option<usize>,
     /// Fraction of prompts whose nearest training image is of the prompted concept.
     pub prompt_top1: f64,
     /// Fraction of prompts with the prompted concept among the five nearest training images.
@@ -207,6 +221,7 @@ pub fn evaluate(
     let sampling = GenerateOptions {
         guidance: options.guidance,
         scale_temperature: options.scale_temperature,
+        candidates: options.prompt_candidates,
         ..GenerateOptions::default()
     };
     sampling.validate()?;
@@ -427,6 +442,7 @@ pub fn evaluate(
         prompts: prompts.len(),
         prompt_guidance: Some(options.guidance),
         prompt_temperature: Some(options.scale_temperature),
+        prompt_candidates: Some(options.prompt_candidates),
         prompt_top1: prompt_hits.top1 as f64 / prompt_count,
         prompt_top5: prompt_hits.top5 as f64 / prompt_count,
         prompt_soft_top1: prompt_hits.soft_top1 as f64 / prompt_count,
