@@ -25,8 +25,8 @@ pub struct BenchArgs {
     /// Guidance weight of the guided timing.
     #[arg(long, default_value_t = 2.0)]
     guidance: f64,
-    /// Candidates of the best-of timing (guided), each sampled and scored.
-    #[arg(long, default_value_t = 8)]
+    /// Candidates of the best-of timing (guided), each sampled and scored, 1 to 64.
+    #[arg(long, default_value_t = 8, value_parser = crate::cli::candidates_in_range)]
     candidates: usize,
 }
 

@@ -63,9 +63,9 @@ enum Command {
         /// Classifier-free guidance weight; 0 turns guidance off [default: 2].
         #[arg(long)]
         guidance: Option<f64>,
-        /// Images sampled for each one written; the one that makes the prompt most likely as
-        /// its caption is kept (1 to 64).
-        #[arg(long, default_value_t = infer::CANDIDATES)]
+        /// Images sampled for each one written, 1 to 64; the one that makes the prompt most
+        /// likely as its caption is kept, and its log-likelihood printed. 1 samples one image.
+        #[arg(long, default_value_t = infer::CANDIDATES, value_parser = candidates_in_range)]
         candidates: usize,
         /// Output PNG file.
         #[arg(long)]
@@ -248,6 +248,18 @@ pub fn run(cli: Cli) -> Result<()> {
     }
 }
 
+/// Parses a count of candidates per image, 1 to [`infer::MAX_CANDIDATES`].
+pub fn candidates_in_range(text: &str) -> std::result::Result<usize, String> {
+    let range = format!("use a whole number from 1 to {}", infer::MAX_CANDIDATES);
+    let value: usize = text
+        .parse()
+        .map_err(|_| format!("invalid count of candidates '{text}'; {range}"))?;
+    if value == 0 || value > infer::MAX_CANDIDATES {
+        return Err(format!("{value} candidates is out of range; {range}"));
+    }
+    Ok(value)
+}
+
 fn check_png_path(out: &Path) -> Result<()> {
     let is_png = out
         .extension()
@@ -296,13 +308,19 @@ fn run_generate(
 ) -> Result<()> {
     check_png_path(out)?;
     options.validate()?;
+    // Every file of a batch is checked before sampling, so that a bad path cannot leave the
+    // batch half written.
+    for index in 0..options.count {
+        let path = numbered(out, index, options.count);
+        if path.exists() && !path.is_file() {
+            bail!(
+                "{} exists and is not a file; remove it or choose another --out",
+                path.display()
+            );
+        }
+    }
     let encoded = bundle.text.encode(prompt)?;
     if encoded.truncated_tokens > 0 {
-        log::warn!(
-            "the prompt was cut to the model's {} tokens ({} tokens dropped)",
-            bundle.text.config().max_len,
-            encoded.truncated_tokens
-        );
         eprintln!(
             "warning: the prompt is longer than the model's {} tokens; {} tokens were dropped",
             bundle.text.config().max_len,
@@ -314,17 +332,13 @@ fn run_generate(
         ProgressStyle::with_template("{bar:40} {pos}/{len} tokens, {elapsed}")
             .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );
-    let sampling = infer::GenerateOptions {
-        preview_every: 1,
-        ..options.clone()
-    };
     let scored_images = infer::generate_scored(
         &bundle.model,
         &encoded.ids,
-        &sampling,
+        options,
         &CancelToken::new(),
         |event| {
-            if let Event::Preview { tokens_done, .. } = event {
+            if let Event::Sampled { tokens_done } = event {
                 progress.set_position(tokens_done as u64);
             }
         },
@@ -344,6 +358,7 @@ fn run_generate(
             json!({
                 "prompt": prompt,
                 "files": written,
+                "truncated_tokens": encoded.truncated_tokens,
                 "candidates": options.candidates,
                 "prompt_log_likelihoods": scores,
             })

@@ -171,9 +171,9 @@ pub struct EvalArgs {
     /// Scale temperature of the prompt fidelity generations [default: that of `generate`].
     #[arg(long)]
     temperature: Option<f64>,
-    /// Images sampled per prompt fidelity prompt; the one that makes the prompt most likely
-    /// as its caption is kept [default: that of `generate`].
-    #[arg(long)]
+    /// Images sampled per prompt fidelity prompt, 1 to 64; the one that makes the prompt most
+    /// likely as its caption is kept [default: that of `generate`].
+    #[arg(long, value_parser = crate::cli::candidates_in_range)]
     prompt_candidates: Option<usize>,
     /// Count of the calibrated ranking's best names ranked again by the image's likelihood
     /// given each name (0 skips that ranking).

@@ -419,8 +419,11 @@ impl WorkerState {
                         tokens_done,
                         images,
                     }),
-                    // The return value carries the final images.
-                    infer::Event::Finished { .. } | infer::Event::Cancelled => {}
+                    // Previews carry the progress the window shows, and the return value the
+                    // final images.
+                    infer::Event::Sampled { .. }
+                    | infer::Event::Finished { .. }
+                    | infer::Event::Cancelled => {}
                 },
             )?;
         match images {

@@ -116,6 +116,29 @@ fn every_command_runs() {
         "{report}"
     );
 
+    // A batch whose second file cannot be written leaves the first file as it was.
+    std::fs::write(fixture.path("batch-1.png"), b"kept").expect("write");
+    std::fs::create_dir(fixture.path("batch-2.png")).expect("mkdir");
+    let blocked = fixture.run(&[
+        "generate",
+        "--prompt",
+        "blue",
+        "--count",
+        "2",
+        "--out",
+        p(&fixture.path("batch.png")),
+    ]);
+    assert!(!blocked.status.success());
+    assert!(
+        text(&blocked.stderr).contains("exists and is not a file"),
+        "{}",
+        text(&blocked.stderr)
+    );
+    assert_eq!(
+        std::fs::read(fixture.path("batch-1.png")).expect("read"),
+        b"kept"
+    );
+
     let image0 = fixture.path("image0.png");
     let image1 = fixture.path("image1.png");
     let caption = fixture.run(&["--json", "caption", p(&image0), p(&image1)]);
@@ -382,12 +405,24 @@ fn bad_inputs_fail_with_a_message() {
                 "generate".into(),
                 "--prompt".into(),
                 "red".into(),
+                "--count".into(),
+                "100000".into(),
+                "--out".into(),
+                p(&out).into(),
+            ],
+            "is 800000 samples, more than the 1024 one call takes",
+        ),
+        (
+            vec![
+                "generate".into(),
+                "--prompt".into(),
+                "red".into(),
                 "--candidates".into(),
                 "0".into(),
                 "--out".into(),
                 p(&out).into(),
             ],
-            "candidates is 0; use 1 to 64",
+            "0 candidates is out of range; use a whole number from 1 to 64",
         ),
         (
             vec![

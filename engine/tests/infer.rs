@@ -82,6 +82,14 @@ fn last_preview_equals_final_image() {
         })
         .collect();
     assert_eq!(previews.len(), 16 / 4);
+    let sampled: Vec<usize> = events
+        .iter()
+        .filter_map(|e| match e {
+            Event::Sampled { tokens_done } => Some(*tokens_done),
+            _ => None,
+        })
+        .collect();
+    assert_eq!(sampled, (1..=16).collect::<Vec<_>>());
     let (done, last) = previews.last().expect("previews");
     assert_eq!(*done, 16);
     assert_eq!(*last, &images);
@@ -149,6 +157,11 @@ fn bad_generate_options_are_errors() {
         },
         GenerateOptions {
             noise_factor: -1.0,
+            ..GenerateOptions::default()
+        },
+        GenerateOptions {
+            count: 17,
+            candidates: 64,
             ..GenerateOptions::default()
         },
     ];

@@ -39,6 +39,10 @@ pub struct GenerateOptions {
 /// Largest number of candidates sampled for each returned image.
 pub const MAX_CANDIDATES: usize = 64;
 
+/// Largest number of images one call samples, requested images times candidates. Their
+/// key/value caches and mixtures stay in memory together until the last token.
+pub const MAX_SAMPLES: usize = 1024;
+
 /// Candidates sampled for each returned image by default. On the bundled emoji model, with
 /// 1, 8 and 32 candidates, the prompted concept was among the five training images nearest
 /// to the kept image for 3.3%, 8.0% and 12.0% of the first 150 held-out concepts. Eight
@@ -76,6 +80,14 @@ impl GenerateOptions {
             return Err(Error::Input(format!(
                 "candidates is {}; use 1 to {MAX_CANDIDATES}",
                 self.candidates
+            )));
+        }
+        let samples = self.count.saturating_mul(self.candidates);
+        if samples > MAX_SAMPLES {
+            return Err(Error::Input(format!(
+                "count {} times candidates {} is {samples} samples, more than the \
+                 {MAX_SAMPLES} one call takes; request fewer images or candidates",
+                self.count, self.candidates
             )));
         }
         let positive = [
@@ -145,12 +157,7 @@ pub fn generate_scored(
     } else {
         options.candidates
     };
-    let total = options.count.checked_mul(group).ok_or_else(|| {
-        Error::Input(format!(
-            "{} images of {group} candidates each is too many; request fewer",
-            options.count
-        ))
-    })?;
+    let total = options.count * group;
     let Some(images) = sample(model, prompt, options, total, cancel, &mut on_event)? else {
         return Ok(None);
     };
@@ -267,6 +274,7 @@ fn sample(
         last = model.extend(model.embed_image(next), &mut cache);
 
         let done = position + 1;
+        on_event(Event::Sampled { tokens_done: done });
         if options.preview_every > 0 && (done % options.preview_every == 0 || done == num_tokens) {
             on_event(Event::Preview {
                 tokens_done: done,

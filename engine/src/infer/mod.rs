@@ -15,7 +15,9 @@ use crate::error::{Error, Result};
 use crate::image::{patchify, pixels_pm1_from_u8, pixels_u8_from_pm1, unpatchify};
 use crate::model::JetFormer;
 
-pub use generate::{CANDIDATES, GenerateOptions, MAX_CANDIDATES, generate, generate_scored};
+pub use generate::{
+    CANDIDATES, GenerateOptions, MAX_CANDIDATES, MAX_SAMPLES, generate, generate_scored,
+};
 pub use understand::{
     CaptionOptions, IMAGE_SCORE_WEIGHT, Interpolation, RERANK_CANDIDATES, Reranking, best_captions,
     best_first, bits_over_draws, bits_per_dim, bits_per_dim_given_captions, bits_per_dim_per_draw,
@@ -49,6 +51,9 @@ impl CancelToken {
 pub enum Event {
     /// Sampling began: `count` images of `num_tokens` soft tokens each.
     Started { count: usize, num_tokens: usize },
+    /// Soft token `tokens_done` of every image was sampled. Sent after each token and cheap,
+    /// unlike a preview, which decodes the images.
+    Sampled { tokens_done: usize },
     /// Images decoded from the first `tokens_done` soft tokens; the others are zero.
     Preview {
         tokens_done: usize,
