@@ -46,6 +46,8 @@ enum Command {
         #[arg(long)]
         prompt: String,
         /// Number of images; with more than one, files are numbered FILE-1.png, FILE-2.png, ...
+        /// and an existing file of that name is replaced. One call samples at most 1,024
+        /// images, count times candidates.
         #[arg(long, default_value_t = 1)]
         count: usize,
         /// Seed of the draws (the same seed and count give the same images).
@@ -275,6 +277,12 @@ pub fn check_parent_dir(out: &Path) -> Result<()> {
     if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty())
         && !parent.is_dir()
     {
+        if parent.exists() {
+            bail!(
+                "{} is not a folder; choose an output path inside a folder",
+                parent.display()
+            );
+        }
         bail!(
             "the folder {} does not exist; create it first",
             parent.display()
@@ -321,10 +329,13 @@ fn run_generate(
     }
     let encoded = bundle.text.encode(prompt)?;
     if encoded.truncated_tokens > 0 {
+        let dropped = match encoded.truncated_tokens {
+            1 => "1 token was".to_string(),
+            count => format!("{count} tokens were"),
+        };
         eprintln!(
-            "warning: the prompt is longer than the model's {} tokens; {} tokens were dropped",
-            bundle.text.config().max_len,
-            encoded.truncated_tokens
+            "warning: the prompt is longer than the model's {} tokens; {dropped} dropped",
+            bundle.text.config().max_len
         );
     }
     let progress = ProgressBar::new(bundle.model.config.num_tokens() as u64);

@@ -385,12 +385,18 @@ impl WorkerState {
         let encoded = bundle.text.encode(prompt)?;
         if encoded.truncated_tokens > 0 {
             emit(Event::Warning {
-                message: format!(
-                    "the prompt is longer than the model's {} tokens; the last {} tokens were \
-                     dropped",
-                    bundle.text.config().max_len,
-                    encoded.truncated_tokens
-                ),
+                message: match encoded.truncated_tokens {
+                    1 => format!(
+                        "the prompt is longer than the model's {} tokens; its last token was \
+                         dropped",
+                        bundle.text.config().max_len
+                    ),
+                    count => format!(
+                        "the prompt is longer than the model's {} tokens; its last {count} \
+                         tokens were dropped",
+                        bundle.text.config().max_len
+                    ),
+                },
             });
         }
         let num_tokens = bundle.model.config.num_tokens();

@@ -410,7 +410,7 @@ fn bad_inputs_fail_with_a_message() {
                 "--out".into(),
                 p(&out).into(),
             ],
-            "is 800000 samples, more than the 1024 one call takes",
+            "is 800000 samples, more than the 1024 samples one call takes",
         ),
         (
             vec![

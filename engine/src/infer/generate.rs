@@ -82,11 +82,16 @@ impl GenerateOptions {
                 self.candidates
             )));
         }
-        let samples = self.count.saturating_mul(self.candidates);
-        if samples > MAX_SAMPLES {
+        if self.count.saturating_mul(self.candidates) > MAX_SAMPLES {
+            let samples = self
+                .count
+                .checked_mul(self.candidates)
+                .map_or("beyond the range of numbers".to_string(), |samples| {
+                    format!("{samples} samples")
+                });
             return Err(Error::Input(format!(
-                "count {} times candidates {} is {samples} samples, more than the \
-                 {MAX_SAMPLES} one call takes; request fewer images or candidates",
+                "count {} times candidates {} is {samples}, more than the {MAX_SAMPLES} \
+                 samples one call takes; request fewer images or candidates",
                 self.count, self.candidates
             )));
         }
