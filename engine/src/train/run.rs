@@ -635,8 +635,9 @@ impl Run {
         Ok(())
     }
 
-    /// Generates two images per sample prompt with the EMA weights and writes them as a grid
-    /// (one row per prompt).
+    /// Generates four images per sample prompt with the EMA weights and writes them as a grid
+    /// (one row per prompt). Each image is a single sample, not the best of several, so the
+    /// grid shows what the weights draw by themselves.
     pub fn write_samples(&self, path: &Path) -> Result<()> {
         let per_prompt = 4;
         let mut rows = Vec::new();
@@ -645,6 +646,7 @@ impl Run {
             let options = GenerateOptions {
                 count: per_prompt,
                 seed: index as u64,
+                candidates: 1,
                 ..GenerateOptions::default()
             };
             let images = infer::generate(&self.ema, &ids, &options, &CancelToken::new(), |_| {})?
