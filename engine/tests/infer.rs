@@ -243,11 +243,18 @@ fn best_of_keeps_highest_prompt_score() {
 
     // One candidate, or an empty prompt, samples and scores nothing more.
     let plain = run(&model, &single).1.expect("finished");
-    let one = infer::generate_scored(&model, &prompt, &single, &CancelToken::new(), |_| {})
-        .expect("generate")
-        .expect("finished");
-    assert!(one.iter().all(|(_, score)| score.is_none()));
-    assert_eq!(one.into_iter().map(|(i, _)| i).collect::<Vec<_>>(), plain);
+    let single_scored =
+        infer::generate_scored(&model, &prompt, &single, &CancelToken::new(), |_| {})
+            .expect("generate")
+            .expect("finished");
+    assert!(single_scored.iter().all(|(_, score)| score.is_none()));
+    assert_eq!(
+        single_scored
+            .into_iter()
+            .map(|(i, _)| i)
+            .collect::<Vec<_>>(),
+        plain
+    );
     let mut started = None;
     generate(&model, &[], &ranked, &CancelToken::new(), |e| {
         if let Event::Started { count, .. } = e {
